@@ -1,0 +1,135 @@
+//! The command line: clap definitions, help texts, and the single place where errors are printed.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit;
+
+const AFTER_HELP: &str = "\
+Examples:
+  runner plan experiments/rtxpro6000.toml     show every server and load point, nothing is started
+  runner experiments/rtxpro6000.toml          run the campaign (same as `runner run FILE`)
+  runner run experiments/demo.toml --only engine=sim-fast
+  runner report experiments/rtxpro6000.toml   re-render the report from stored results
+  runner sim --port 8000                      start the built-in simulated engine
+
+Exit codes:
+  0    every cell measured
+  1    the run finished but some cells or servers failed
+  2    bad input or usage; nothing was started
+  130  interrupted (Ctrl-C / SIGTERM); finished cells are kept";
+
+/// Benchmark campaigns of LLM inference servers, from an experiment file to the report.
+#[derive(Debug, Parser)]
+#[command(name = "runner", version, about, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The experiment file to run (same as `runner run FILE`).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub run: RunOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every pending cell of an experiment file: start each server, load it, store results, report.
+    Run(RunArgs),
+    /// Show what a run would do: server configurations, rendered commands, load points and their status.
+    Plan(PlanArgs),
+    /// Render the report (summary, per-model records, charts, CSV) from stored results only.
+    Report(ReportArgs),
+    /// Serve the built-in simulated OpenAI-compatible engine (for rehearsals and tests; no GPU needed).
+    Sim(crate::sim::SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The experiment file (TOML).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct RunOptions {
+    /// Stop at the first failed server configuration or cell instead of moving on.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Rerun selected cells even if a result with the same settings exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Only cells matching every KEY=VALUE (e.g. `--only model=qwen3-14b,concurrency=40`); repeatable.
+    #[arg(long, value_name = "KEY=VALUE[,KEY=VALUE]")]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The experiment file (TOML).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Print the plan as JSON (for scripts).
+    #[arg(long)]
+    pub json: bool,
+    /// Only cells matching every KEY=VALUE; repeatable.
+    #[arg(long, value_name = "KEY=VALUE[,KEY=VALUE]")]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The experiment file (TOML) whose results to render.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// Parses the command line, runs one command and returns the process exit code. Errors are printed here
+/// and nowhere else.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return match err.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit::OK,
+                _ => exit::BAD_INPUT,
+            };
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            print_error(&err);
+            exit::code_of(&err)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match (cli.command, cli.file) {
+        (Some(Command::Run(args)), _) => crate::commands::run(&args.file, &args.options),
+        (Some(Command::Plan(args)), _) => crate::commands::plan(&args),
+        (Some(Command::Report(args)), _) => crate::commands::report(&args.file),
+        (Some(Command::Sim(args)), _) => crate::sim::main(args).map(|()| exit::OK),
+        (None, Some(file)) => crate::commands::run(&file, &cli.run),
+        (None, None) => Err(exit::Failure::bad_input(
+            "no experiment file given\n  help: `runner FILE` runs an experiment; `runner --help` lists the commands",
+        )
+        .into()),
+    }
+}
+
+/// The one error printer: the message, then each cause on its own line.
+pub fn print_error(err: &anyhow::Error) {
+    let mut text = format!("error: {err}");
+    for cause in err.chain().skip(1) {
+        text.push_str(&format!("\n  caused by: {cause}"));
+    }
+    eprintln!("{text}");
+}

@@ -1,0 +1,14 @@
+//! `runner` turns an experiment file into a benchmark campaign of LLM inference servers and renders the
+//! report from what was measured. The data flow (see the README):
+//!
+//! experiment file → [`experiment`] (validated) → [`plan`] (servers × load points) → [`run`] (for each
+//! server: [`server`] start/ready/stop, [`load`] per point, [`scrape`] before/after, [`store`] each cell) →
+//! [`report`] from the store alone.
+
+pub mod cli;
+pub mod commands;
+pub mod engine;
+pub mod exit;
+pub mod experiment;
+pub mod plan;
+pub mod sim;
