@@ -2,14 +2,42 @@
 
 use std::path::Path;
 
+use anyhow::Context;
+
 use crate::cli::{PlanArgs, RunOptions};
+use crate::exit::{self, Failure};
+use crate::experiment::{self, Experiment};
+use crate::plan::{self, Plan};
+use crate::store::Store;
+
+/// Loads, validates and expands an experiment file, applying `--only` filters. Every input problem
+/// becomes a [`Failure`] with exit code 2, before anything is started.
+pub fn prepare(file: &Path, only: &[String]) -> anyhow::Result<(Experiment, Plan)> {
+    let exp = experiment::load(file).map_err(|d| Failure::bad_input(d.to_string()))?;
+    let plan = plan::expand(&exp).map_err(|d| Failure::bad_input(d.to_string()))?;
+    let filters = plan::parse_filters(only, &plan).map_err(Failure::bad_input)?;
+    let plan = plan.select(&filters);
+    if plan.servers.is_empty() {
+        return Err(Failure::bad_input("--only matches no cell").into());
+    }
+    Ok((exp, plan))
+}
 
 pub fn run(_file: &Path, _options: &RunOptions) -> anyhow::Result<i32> {
     anyhow::bail!("not built yet")
 }
 
-pub fn plan(_args: &PlanArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("not built yet")
+pub fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(&args.file, &args.only)?;
+    let store = Store::new(&exp.results_dir);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        crate::plan::print::json(&mut out, &exp, &plan, &store)
+    } else {
+        crate::plan::print::text(&mut out, &exp, &plan, &store)
+    }
+    .context("writing the plan to stdout")?;
+    Ok(exit::OK)
 }
 
 pub fn report(_file: &Path) -> anyhow::Result<i32> {

@@ -20,7 +20,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn bad_input(message: impl Into<String>) -> Self {
-        Failure { code: BAD_INPUT, message: message.into() }
+        Failure {
+            code: BAD_INPUT,
+            message: message.into(),
+        }
     }
 }
 

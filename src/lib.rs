@@ -12,3 +12,4 @@ pub mod exit;
 pub mod experiment;
 pub mod plan;
 pub mod sim;
+pub mod store;

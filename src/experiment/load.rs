@@ -1,0 +1,449 @@
+//! Load settings: how each load point is driven. They come in layers (`[load]`, then `[models.ID.load]`,
+//! then matrix variables of the same name, which win) and are resolved per cell into a [`LoadSpec`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Serialize, Serializer};
+
+use super::expr::Expr;
+use super::scalar::Scalar;
+
+/// Keys allowed in `[load]`, `[models.ID.load]`, and as matrix variables that vary the load.
+pub const LOAD_KEYS: &[&str] = &[
+    "requests",
+    "warmup",
+    "max_inflight",
+    "request_rate",
+    "prompt",
+    "shared_prefix_tokens",
+    "timeout",
+    "seed",
+    "api",
+    "slo_ttft",
+    "slo_tpot",
+    "slo_e2e",
+];
+
+/// Default for `requests`: three requests per concurrent stream, at least two (the seed campaign's rule).
+pub const DEFAULT_REQUESTS: &str = "max(2, 3 * concurrency)";
+
+/// Everything the load generator needs for one load point, fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadSpec {
+    /// Closed-loop concurrency: this many requests in flight at once.
+    pub concurrency: u32,
+    /// Measured requests (warm-up excluded).
+    pub requests: u32,
+    /// Warm-up requests sent first and excluded from every statistic.
+    pub warmup: u32,
+    /// An explicit client-side cap on requests in flight (recorded; the seed once used 24).
+    pub max_inflight: Option<u32>,
+    /// Requests per second with Poisson arrivals; latency is then measured from the intended send time.
+    pub request_rate: Option<f64>,
+    pub prompt: PromptMode,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    #[serde(serialize_with = "human")]
+    pub timeout: Duration,
+    /// Seed of the prompt generator: the same seed sends the same prompts.
+    pub seed: u64,
+    pub api: Api,
+    pub slo: Slo,
+    /// Where prompt token ids come from.
+    pub vocab: Vocab,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum PromptMode {
+    /// Every request's prompt is different from its first token on, so the prefix cache cannot serve it.
+    Unique,
+    /// Every request starts with the same `tokens` tokens (a common system prompt); the rest is unique.
+    SharedPrefix { tokens: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    Completions,
+    Chat,
+}
+
+/// Optional service-level objectives; a request meeting all that are set counts towards goodput.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Slo {
+    #[serde(serialize_with = "human_opt")]
+    pub ttft: Option<Duration>,
+    #[serde(serialize_with = "human_opt")]
+    pub tpot: Option<Duration>,
+    #[serde(serialize_with = "human_opt")]
+    pub e2e: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vocab {
+    /// The model's `tokenizer.json`: ids are drawn from its vocabulary without special tokens.
+    pub tokenizer: Option<PathBuf>,
+    /// Otherwise ids are drawn uniformly from this half-open range.
+    pub id_range: [u32; 2],
+}
+
+pub fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn human_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => human(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// One layer's value for a load key, with the key path where it was written (for error positions).
+#[derive(Debug, Clone)]
+pub struct Layered {
+    pub value: Scalar,
+    pub origin: Vec<String>,
+}
+
+/// A problem with one load key: its origin path and the message.
+pub type LoadProblem = (Vec<String>, String, Option<String>);
+
+/// The per-model facts a load point needs.
+pub struct Workload<'a> {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub vocab: &'a Vocab,
+}
+
+/// Resolves one cell's load settings from the merged layers. All problems are returned, not the first.
+pub fn resolve(
+    concurrency: u32,
+    layers: &IndexMap<String, Layered>,
+    workload: &Workload,
+) -> Result<LoadSpec, Vec<LoadProblem>> {
+    let mut problems: Vec<LoadProblem> = Vec::new();
+    let mut bad = |l: &Layered, msg: String, help: Option<String>| {
+        problems.push((l.origin.clone(), msg, help))
+    };
+
+    let int = |key: &str,
+               min: i64,
+               bad: &mut dyn FnMut(&Layered, String, Option<String>)|
+     -> Option<u32> {
+        let l = layers.get(key)?;
+        match &l.value {
+            Scalar::Int(n) if *n >= min && *n <= i64::from(u32::MAX) => Some(*n as u32),
+            Scalar::Int(n) => {
+                bad(
+                    l,
+                    format!("{n} is out of range"),
+                    Some(format!("use a whole number ≥ {min}")),
+                );
+                None
+            }
+            other => {
+                bad(
+                    l,
+                    format!("expected a whole number, found {}", other.kind()),
+                    None,
+                );
+                None
+            }
+        }
+    };
+    let duration =
+        |key: &str, bad: &mut dyn FnMut(&Layered, String, Option<String>)| -> Option<Duration> {
+            let l = layers.get(key)?;
+            match &l.value {
+                Scalar::Str(s) => match humantime::parse_duration(s) {
+                    Ok(d) if !d.is_zero() => Some(d),
+                    Ok(_) => {
+                        bad(l, "must be longer than zero".into(), None);
+                        None
+                    }
+                    Err(e) => {
+                        bad(
+                            l,
+                            format!("`{s}` is not a duration ({e})"),
+                            Some(DURATION_HELP.into()),
+                        );
+                        None
+                    }
+                },
+                other => {
+                    bad(
+                        l,
+                        format!("expected a duration string, found {}", other.kind()),
+                        Some(DURATION_HELP.into()),
+                    );
+                    None
+                }
+            }
+        };
+
+    let requests = match layers.get("requests") {
+        None => Some(Expr::parse(DEFAULT_REQUESTS).expect("default parses")),
+        Some(l) => match &l.value {
+            Scalar::Int(n) => Some(Expr::constant(*n)),
+            Scalar::Str(s) => match Expr::parse(s) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    bad(
+                        l,
+                        format!("`{s}` is not a valid expression: {e}"),
+                        Some(format!(
+                            "write a number or an expression such as \"{DEFAULT_REQUESTS}\""
+                        )),
+                    );
+                    None
+                }
+            },
+            other => {
+                bad(
+                    l,
+                    format!(
+                        "expected a number or an expression string, found {}",
+                        other.kind()
+                    ),
+                    None,
+                );
+                None
+            }
+        },
+    };
+    let requests = requests.and_then(|e| match e.eval(concurrency) {
+        Ok(n) if n >= 1 && n <= i64::from(u32::MAX) => Some(n as u32),
+        Ok(n) => {
+            if let Some(l) = layers.get("requests") {
+                bad(
+                    l,
+                    format!("`{e}` gives {n} requests at concurrency {concurrency}"),
+                    Some("it must give at least 1".into()),
+                );
+            }
+            None
+        }
+        Err(err) => {
+            if let Some(l) = layers.get("requests") {
+                bad(
+                    l,
+                    format!("`{e}` fails at concurrency {concurrency}: {err}"),
+                    None,
+                );
+            }
+            None
+        }
+    });
+
+    let warmup = int("warmup", 0, &mut bad).unwrap_or(1);
+    let max_inflight = int("max_inflight", 1, &mut bad);
+    let shared = int("shared_prefix_tokens", 1, &mut bad);
+    let seed = match layers.get("seed") {
+        None => 0,
+        Some(l) => match &l.value {
+            Scalar::Int(n) if *n >= 0 => *n as u64,
+            other => {
+                bad(
+                    l,
+                    format!("expected a non-negative whole number, found {other}"),
+                    None,
+                );
+                0
+            }
+        },
+    };
+    let request_rate = layers
+        .get("request_rate")
+        .and_then(|l| match l.value.as_f64() {
+            Some(r) if r > 0.0 && r.is_finite() => Some(r),
+            _ => {
+                bad(
+                    l,
+                    format!("expected requests per second > 0, found {}", l.value),
+                    None,
+                );
+                None
+            }
+        });
+    let prompt = match layers.get("prompt") {
+        None if shared.is_some() => Some(PromptMode::SharedPrefix {
+            tokens: shared.unwrap_or(0),
+        }),
+        None => Some(PromptMode::Unique),
+        Some(l) => match l.value.as_str() {
+            Some("unique") => Some(PromptMode::Unique),
+            Some("shared_prefix") => match shared {
+                Some(tokens) => Some(PromptMode::SharedPrefix { tokens }),
+                None => {
+                    bad(
+                        l,
+                        "`shared_prefix` needs the prefix length".into(),
+                        Some("add `shared_prefix_tokens = N`".into()),
+                    );
+                    None
+                }
+            },
+            _ => {
+                bad(
+                    l,
+                    format!("unknown prompt mode {}", l.value),
+                    Some("use \"unique\" (default) or \"shared_prefix\"".into()),
+                );
+                None
+            }
+        },
+    };
+    if let (Some(PromptMode::SharedPrefix { tokens }), Some(l)) =
+        (&prompt, layers.get("shared_prefix_tokens"))
+        && *tokens >= workload.input_tokens
+    {
+        bad(
+            l,
+            format!(
+                "a shared prefix of {tokens} tokens leaves nothing unique in a {}-token prompt",
+                workload.input_tokens
+            ),
+            Some("use fewer tokens than the model's input_tokens".into()),
+        );
+    }
+    if let (Some(PromptMode::Unique), Some(l)) = (&prompt, layers.get("shared_prefix_tokens"))
+        && layers.contains_key("prompt")
+    {
+        bad(
+            l,
+            "is set but prompt = \"unique\"".into(),
+            Some("remove it or set prompt = \"shared_prefix\"".into()),
+        );
+    }
+    let api = match layers.get("api") {
+        None => Some(Api::Completions),
+        Some(l) => match l.value.as_str() {
+            Some("completions") => Some(Api::Completions),
+            Some("chat") => Some(Api::Chat),
+            _ => {
+                bad(
+                    l,
+                    format!("unknown api {}", l.value),
+                    Some("use \"completions\" (default) or \"chat\"".into()),
+                );
+                None
+            }
+        },
+    };
+    let timeout = duration("timeout", &mut bad).unwrap_or(Duration::from_secs(600));
+    let slo = Slo {
+        ttft: duration("slo_ttft", &mut bad),
+        tpot: duration("slo_tpot", &mut bad),
+        e2e: duration("slo_e2e", &mut bad),
+    };
+
+    match (problems.is_empty(), requests, prompt, api) {
+        (true, Some(requests), Some(prompt), Some(api)) => Ok(LoadSpec {
+            concurrency,
+            requests,
+            warmup,
+            max_inflight,
+            request_rate,
+            prompt,
+            input_tokens: workload.input_tokens,
+            output_tokens: workload.output_tokens,
+            timeout,
+            seed,
+            api,
+            slo,
+            vocab: workload.vocab.clone(),
+        }),
+        _ => Err(problems),
+    }
+}
+
+pub const DURATION_HELP: &str = "write a duration such as \"90s\", \"30m\" or \"1h 30m\"";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers(pairs: &[(&str, Scalar)]) -> IndexMap<String, Layered> {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Layered {
+                        value: v.clone(),
+                        origin: vec!["load".into(), k.to_string()],
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn workload() -> (Vocab,) {
+        (Vocab {
+            tokenizer: None,
+            id_range: [100, 30000],
+        },)
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let (vocab,) = workload();
+        let w = Workload {
+            input_tokens: 10000,
+            output_tokens: 800,
+            vocab: &vocab,
+        };
+        let spec = resolve(40, &layers(&[]), &w).unwrap();
+        assert_eq!(spec.requests, 120);
+        assert_eq!(spec.warmup, 1);
+        assert_eq!(spec.prompt, PromptMode::Unique);
+        assert_eq!(spec.max_inflight, None);
+        assert_eq!(resolve(1, &layers(&[]), &w).unwrap().requests, 3);
+    }
+
+    #[test]
+    fn all_problems_reported() {
+        let (vocab,) = workload();
+        let w = Workload {
+            input_tokens: 100,
+            output_tokens: 8,
+            vocab: &vocab,
+        };
+        let l = layers(&[
+            ("requests", Scalar::Str("3 * concurency".into())),
+            ("timeout", Scalar::Str("10 minutes-ish".into())),
+            ("prompt", Scalar::Str("shared".into())),
+            ("warmup", Scalar::Int(-1)),
+        ]);
+        let problems = resolve(4, &l, &w).unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| p.0[1].as_str()).collect();
+        assert_eq!(keys, ["requests", "warmup", "prompt", "timeout"]);
+    }
+
+    #[test]
+    fn shared_prefix_must_leave_room() {
+        let (vocab,) = workload();
+        let w = Workload {
+            input_tokens: 100,
+            output_tokens: 8,
+            vocab: &vocab,
+        };
+        let l = layers(&[
+            ("prompt", Scalar::Str("shared_prefix".into())),
+            ("shared_prefix_tokens", Scalar::Int(100)),
+        ]);
+        assert!(
+            resolve(4, &l, &w).unwrap_err()[0]
+                .1
+                .contains("leaves nothing unique")
+        );
+        let l = layers(&[("shared_prefix_tokens", Scalar::Int(60))]);
+        assert_eq!(
+            resolve(4, &l, &w).unwrap().prompt,
+            PromptMode::SharedPrefix { tokens: 60 }
+        );
+    }
+}

@@ -1,0 +1,833 @@
+//! Matrix expansion: turns a validated [`Experiment`] into the [`Plan`], the exact list of server
+//! configurations (one server start each) and the load points run against each warm server. Pure: no I/O,
+//! no clock. `runner plan` prints it and `runner run` executes it, in the same order.
+//!
+//! Expansion rules (documented in the README):
+//! 1. The cartesian product of the `[matrix]` lists, in the order the keys are written, the first key
+//!    varying slowest.
+//! 2. `[[matrix.exclude]]` entries remove every combination that matches all of their keys.
+//! 3. Each `[[matrix.include]]` entry extends every combination that agrees with it on the matrix lists it
+//!    names, setting its other keys; if it agrees with none, it adds new combinations, taking each list it
+//!    does not name over all of that list's values.
+//! 4. Variables named like a load setting (see [`LOAD_KEYS`]) and `concurrency` are load variables; all
+//!    others are server variables. Combinations with the same server variables share one server.
+//!
+//! Ids name only the variables that vary, e.g. `qwen3-14b/fp8/vllm` and `qwen3-14b/fp8/vllm/c40`; hashes
+//! cover every resolved setting that can change a measurement, so resume can tell a changed cell.
+
+pub mod print;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::experiment::load::{self, LOAD_KEYS, Layered, LoadSpec, Workload};
+use crate::experiment::{
+    AXES, CommandTemplate, Diagnostic, Diagnostics, Engine, Experiment, Launch, Model, Scalar,
+};
+
+/// Upper bound on cells, so a typo cannot expand into a million-cell night.
+pub const MAX_CELLS: usize = 10_000;
+
+/// Port shown in plans and hashed while the real port is not known yet.
+pub const PORT_PLACEHOLDER: &str = "$PORT";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub title: String,
+    pub servers: Vec<ServerPlan>,
+}
+
+/// One server configuration: started once, loaded at each of its points, then torn down.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerPlan {
+    pub id: String,
+    pub hash: String,
+    pub engine: String,
+    pub model: String,
+    pub precision: String,
+    /// Every server variable, including `model`, `precision` and `engine`.
+    pub vars: IndexMap<String, Scalar>,
+    /// The command as it will run, with the port shown as `$PORT` when the runner picks it.
+    pub display: Rendered,
+    #[serde(skip)]
+    context: serde_json::Value,
+    pub points: Vec<CellPlan>,
+}
+
+/// One measured load point against a warm server.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellPlan {
+    pub id: String,
+    pub hash: String,
+    /// The load variables: `concurrency` and any load setting the matrix varies.
+    pub vars: IndexMap<String, Scalar>,
+    pub load: LoadSpec,
+}
+
+/// A server's command and environment after template rendering.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rendered {
+    /// argv (program first); with `shell`, a single `sh -c` script.
+    pub argv: Vec<String>,
+    pub shell: bool,
+    pub env: IndexMap<String, String>,
+    pub workdir: Option<String>,
+    pub version_command: Option<String>,
+    /// The base URL the load generator talks to (`http://127.0.0.1:$PORT` until the port is known).
+    pub base_url: String,
+    /// The model name sent in requests.
+    pub request_model: String,
+}
+
+impl ServerPlan {
+    /// Renders the command for the real port (`None` for `url` engines). Cannot fail for a plan that
+    /// expanded: the same templates rendered with the placeholder port.
+    pub fn render(&self, exp: &Experiment, port: Option<u16>) -> Result<Rendered, String> {
+        let mut context = self.context.clone();
+        context["port"] = port.map_or(
+            serde_json::Value::from(PORT_PLACEHOLDER),
+            serde_json::Value::from,
+        );
+        context["runner"] = serde_json::Value::from(runner_path());
+        render(&exp.engines[&self.engine], &context)
+    }
+
+    /// Every variable of a cell of this server: server variables, then the cell's load variables.
+    pub fn cell_vars<'a>(
+        &'a self,
+        cell: &'a CellPlan,
+    ) -> impl Iterator<Item = (&'a String, &'a Scalar)> {
+        self.vars.iter().chain(cell.vars.iter())
+    }
+}
+
+/// Where the running binary is, for `{{ runner }}` (the simulated engine is this binary).
+pub fn runner_path() -> String {
+    std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "runner".into())
+}
+
+impl Plan {
+    pub fn cell_count(&self) -> usize {
+        self.servers.iter().map(|s| s.points.len()).sum()
+    }
+
+    pub fn request_count(&self) -> u64 {
+        self.servers
+            .iter()
+            .flat_map(|s| &s.points)
+            .map(|c| u64::from(c.load.requests + c.load.warmup))
+            .sum()
+    }
+
+    /// Keeps only the cells whose variables match every filter; servers left without cells are dropped.
+    pub fn select(mut self, filters: &[Filter]) -> Plan {
+        if filters.is_empty() {
+            return self;
+        }
+        for server in &mut self.servers {
+            let vars = server.vars.clone();
+            server.points.retain(|cell| {
+                filters.iter().all(|f| {
+                    vars.get(&f.key)
+                        .or_else(|| cell.vars.get(&f.key))
+                        .is_some_and(|v| v.to_string() == f.value)
+                })
+            });
+        }
+        self.servers.retain(|s| !s.points.is_empty());
+        self
+    }
+
+    /// Every variable name a filter may use.
+    pub fn variable_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for s in &self.servers {
+            for (k, _) in s
+                .vars
+                .iter()
+                .chain(s.points.iter().flat_map(|c| c.vars.iter()))
+            {
+                if !names.contains(k) {
+                    names.push(k.clone());
+                }
+            }
+        }
+        names
+    }
+}
+
+/// `--only key=value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub key: String,
+    pub value: String,
+}
+
+/// Parses `--only` arguments (`k=v,k=v`, repeatable), checking keys against the plan's variables.
+pub fn parse_filters(args: &[String], plan: &Plan) -> Result<Vec<Filter>, String> {
+    let names = plan.variable_names();
+    let mut out = Vec::new();
+    for arg in args {
+        for part in arg.split(',').filter(|p| !p.trim().is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(format!(
+                    "--only `{part}` is not KEY=VALUE\n  help: e.g. --only model=qwen3-14b,concurrency=40"
+                ));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if !names.iter().any(|n| n == k) {
+                let hint =
+                    crate::experiment::diag::did_you_mean(k, names.iter().map(String::as_str))
+                        .unwrap_or_else(|| format!("variables: {}", names.join(", ")));
+                return Err(format!(
+                    "--only: no variable `{k}` in this experiment\n  help: {hint}"
+                ));
+            }
+            out.push(Filter {
+                key: k.to_string(),
+                value: v.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+type Combo = IndexMap<String, Scalar>;
+
+/// Expands the matrix. `Err` lists every problem (missing checkpoints, template errors, unused
+/// variables, duplicate ids, an empty or oversized matrix).
+pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
+    let mut diags = Diagnostics::new(&exp.file, &exp.source);
+    let locator = crate::experiment::diag::Locator::new(&exp.source);
+    let mut error = |path: &[&str], message: String, help: Option<String>| {
+        diags.push(Diagnostic {
+            key: path.join("."),
+            position: locator.position(path),
+            message,
+            help,
+        });
+    };
+
+    let combos = combinations(exp);
+    if combos.is_empty() {
+        error(
+            &["matrix"],
+            "the matrix expands to no cells".into(),
+            Some("check [[matrix.exclude]]: it removes every combination".into()),
+        );
+    }
+    if combos.len() > MAX_CELLS {
+        error(
+            &["matrix"],
+            format!(
+                "the matrix expands to {} cells (more than {MAX_CELLS})",
+                combos.len()
+            ),
+            Some("narrow the lists or add [[matrix.exclude]] entries".into()),
+        );
+        return Err(diags);
+    }
+
+    // Group into servers, preserving first appearance.
+    let mut servers: IndexMap<String, (Combo, Vec<Combo>)> = IndexMap::new();
+    for combo in combos {
+        let (server_vars, load_vars): (Combo, Combo) = combo
+            .into_iter()
+            .partition(|(k, _)| !(k == "concurrency" || LOAD_KEYS.contains(&k.as_str())));
+        let key = serde_json::to_string(&server_vars).unwrap_or_default();
+        servers
+            .entry(key)
+            .or_insert_with(|| (server_vars, Vec::new()))
+            .1
+            .push(load_vars);
+    }
+
+    // An id names a variable only where it tells cells apart: server variables that vary among servers of
+    // the same model, precision and engine; load variables that vary among points at the same concurrency.
+    let core = |c: &Combo, keys: &[&str]| {
+        keys.iter()
+            .map(|k| c.get(*k).map(|v| v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let server_key = |c: &Combo| core(c, &["model", "precision", "engine"]);
+    let all_server_vars: Vec<Combo> = servers.values().map(|(s, _)| s.clone()).collect();
+    let mut reported: HashSet<String> = HashSet::new();
+    let mut plans = Vec::new();
+    let mut ids: HashSet<String> = HashSet::new();
+
+    for (server_vars, points) in servers.into_values() {
+        let get = |k: &str| {
+            server_vars
+                .get(k)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        };
+        let (model_id, precision, engine_name) = (get("model"), get("precision"), get("engine"));
+        let (Some(model), Some(engine)) =
+            (exp.models.get(&model_id), exp.engines.get(&engine_name))
+        else {
+            continue; // dangling references were reported by validation
+        };
+        let Some(checkpoint) = model.precisions.get(&precision) else {
+            if reported.insert(format!("precision/{model_id}/{precision}")) {
+                error(
+                    &["models", &model_id, "precisions"],
+                    format!(
+                        "the matrix runs model `{model_id}` at precision `{precision}`, which has no checkpoint path"
+                    ),
+                    Some(format!(
+                        "add `{precision} = {{ path = \"…\" }}` under [models.{model_id}.precisions], or add [[matrix.exclude]] with model = \"{model_id}\", precision = \"{precision}\""
+                    )),
+                );
+            }
+            continue;
+        };
+        if points.iter().any(|p| !p.contains_key("concurrency")) {
+            if reported.insert("concurrency".into()) {
+                error(
+                    &["matrix"],
+                    "a combination has no `concurrency`".into(),
+                    Some("list concurrency under [matrix] or in each [[matrix.include]]".into()),
+                );
+            }
+            continue;
+        }
+
+        let mut id = format!("{model_id}/{precision}/{engine_name}");
+        let siblings = all_server_vars
+            .iter()
+            .filter(|c| server_key(c) == server_key(&server_vars));
+        let varying_server = varying(siblings);
+        let varying_load: HashSet<String> = points
+            .iter()
+            .flat_map(|p| {
+                varying(
+                    points
+                        .iter()
+                        .filter(|q| q.get("concurrency") == p.get("concurrency")),
+                )
+            })
+            .collect();
+        for (k, v) in &server_vars {
+            if !AXES.contains(&k.as_str()) && varying_server.contains(k) {
+                id.push_str(&format!("/{k}={v}"));
+            }
+        }
+
+        let context = context(
+            exp,
+            model,
+            &precision,
+            checkpoint,
+            engine,
+            &server_vars,
+            &id,
+        );
+        let display = match render(engine, &context) {
+            Ok(r) => r,
+            Err(e) => {
+                if reported.insert(format!("render/{engine_name}/{e}")) {
+                    error(
+                        &["engines", &engine_name, "command"],
+                        format!("cannot render for server {id}: {e}"),
+                        Some(template_help(&context)),
+                    );
+                }
+                continue;
+            }
+        };
+        for name in server_vars.keys() {
+            if AXES.contains(&name.as_str()) {
+                continue;
+            }
+            let used = template_text(engine).iter().any(|t| mentions(t, name));
+            if !used && reported.insert(format!("unused/{engine_name}/{name}")) {
+                error(
+                    &["matrix", name],
+                    format!(
+                        "variable `{name}` is used by no template of engine `{engine_name}` and is not a load setting"
+                    ),
+                    Some(
+                        match crate::experiment::diag::did_you_mean(name, LOAD_KEYS.iter().copied())
+                        {
+                            Some(dym) => dym,
+                            None => format!(
+                                "use `{{{{ {name} }}}}` in [engines.{engine_name}] command, or remove the variable"
+                            ),
+                        },
+                    ),
+                );
+            }
+        }
+
+        let hash = short_hash(&serde_json::json!({
+            "engine": { "preset": engine.preset, "command": display.argv, "shell": display.shell, "env": display.env,
+                        "workdir": display.workdir, "url": display.base_url },
+            "model": { "path": checkpoint.path, "served_model_name": model.served_model_name },
+            "vars": server_vars,
+        }));
+
+        let mut cells = Vec::new();
+        for load_vars in points {
+            let concurrency = match load_vars.get("concurrency") {
+                Some(Scalar::Int(n)) if *n >= 1 => u32::try_from(*n).unwrap_or(u32::MAX),
+                _ => continue, // reported by validation
+            };
+            let mut layers: IndexMap<String, Layered> = exp.load.clone();
+            layers.extend(model.load.clone());
+            for (k, v) in &load_vars {
+                if k != "concurrency" {
+                    layers.insert(
+                        k.clone(),
+                        Layered {
+                            value: v.clone(),
+                            origin: vec!["matrix".into(), k.clone()],
+                        },
+                    );
+                }
+            }
+            let workload = Workload {
+                input_tokens: model.input_tokens,
+                output_tokens: model.output_tokens,
+                vocab: &model.vocab,
+            };
+            let spec = match load::resolve(concurrency, &layers, &workload) {
+                Ok(spec) => spec,
+                Err(problems) => {
+                    for (origin, message, help) in problems {
+                        if reported.insert(format!("load/{}/{message}", origin.join("."))) {
+                            let path: Vec<&str> = origin.iter().map(String::as_str).collect();
+                            error(&path, message, help);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let mut cell_id = format!("{id}/c{concurrency}");
+            for (k, v) in &load_vars {
+                if k != "concurrency" && varying_load.contains(k) {
+                    cell_id.push_str(&format!("/{k}={v}"));
+                }
+            }
+            if !ids.insert(cell_id.clone()) {
+                if reported.insert(format!("dup/{cell_id}")) {
+                    error(
+                        &["matrix"],
+                        format!("two cells have the id `{cell_id}`"),
+                        Some(
+                            "two values print the same (e.g. 0.9 and \"0.9\"): make them distinct"
+                                .into(),
+                        ),
+                    );
+                }
+                continue;
+            }
+            let cell_hash = short_hash(&serde_json::json!({ "server": hash, "load": spec }));
+            cells.push(CellPlan {
+                id: cell_id,
+                hash: cell_hash,
+                vars: load_vars,
+                load: spec,
+            });
+        }
+        plans.push(ServerPlan {
+            id,
+            hash,
+            engine: engine_name,
+            model: model_id,
+            precision,
+            vars: server_vars,
+            display,
+            context,
+            points: cells,
+        });
+    }
+
+    if diags.is_empty() {
+        Ok(Plan {
+            title: exp.title.clone(),
+            servers: plans,
+        })
+    } else {
+        Err(diags)
+    }
+}
+
+fn combinations(exp: &Experiment) -> Vec<Combo> {
+    let m = &exp.matrix;
+    let axes: Vec<(&String, &Vec<Scalar>)> = m.axes.iter().filter(|(_, v)| !v.is_empty()).collect();
+    let mut combos: Vec<Combo> = if axes.is_empty() {
+        Vec::new()
+    } else {
+        product(&axes)
+    };
+    combos.retain(|c| {
+        !m.exclude
+            .iter()
+            .any(|e| e.iter().all(|(k, v)| c.get(k) == Some(v)))
+    });
+    for entry in &m.include {
+        let mut extended = false;
+        for combo in &mut combos {
+            let agrees = entry
+                .iter()
+                .filter(|(k, _)| m.axes.contains_key(*k))
+                .all(|(k, v)| combo.get(k) == Some(v));
+            if agrees {
+                for (k, v) in entry {
+                    combo.insert(k.clone(), v.clone());
+                }
+                extended = true;
+            }
+        }
+        if !extended {
+            let missing: Vec<(&String, &Vec<Scalar>)> = axes
+                .iter()
+                .filter(|(k, _)| !entry.contains_key(*k))
+                .copied()
+                .collect();
+            let bases = if missing.is_empty() {
+                vec![Combo::new()]
+            } else {
+                product(&missing)
+            };
+            for base in bases {
+                // Keep the matrix's key order so ids and output read the same for added combinations.
+                let mut combo = Combo::new();
+                for (k, _) in &axes {
+                    if let Some(v) = entry.get(*k).or_else(|| base.get(*k)) {
+                        combo.insert((*k).clone(), v.clone());
+                    }
+                }
+                for (k, v) in entry {
+                    combo.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                combos.push(combo);
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    combos.retain(|c| seen.insert(serde_json::to_string(c).unwrap_or_default()));
+    combos
+}
+
+fn product(axes: &[(&String, &Vec<Scalar>)]) -> Vec<Combo> {
+    let mut out = vec![Combo::new()];
+    for (key, values) in axes {
+        let mut next = Vec::with_capacity(out.len() * values.len());
+        for combo in &out {
+            for v in *values {
+                let mut c = combo.clone();
+                c.insert((*key).clone(), v.clone());
+                next.push(c);
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// Variables whose value differs somewhere in the set, being absent counting as a value (the others add
+/// nothing to an id).
+fn varying<'a>(combos: impl Iterator<Item = &'a Combo> + Clone) -> HashSet<String> {
+    let keys: HashSet<&String> = combos.clone().flat_map(|c| c.keys()).collect();
+    keys.into_iter()
+        .filter(|k| {
+            let mut values = combos.clone().map(|c| c.get(*k));
+            let first = values.next().flatten();
+            values.any(|v| v != first)
+        })
+        .cloned()
+        .collect()
+}
+
+fn context(
+    exp: &Experiment,
+    model: &Model,
+    precision: &str,
+    checkpoint: &crate::experiment::Precision,
+    engine: &Engine,
+    vars: &Combo,
+    id: &str,
+) -> serde_json::Value {
+    let mut ctx = serde_json::Map::new();
+    for (k, v) in vars {
+        ctx.insert(k.clone(), v.to_json());
+    }
+    ctx.insert(
+        "model".into(),
+        serde_json::json!({
+            "id": model.id, "name": model.name, "path": checkpoint.path,
+            "checkpoint": checkpoint.name.clone().unwrap_or_else(|| checkpoint.path.clone()),
+            "precision": precision, "input_tokens": model.input_tokens, "output_tokens": model.output_tokens,
+            "served_model_name": model.served_model_name, "max_model_len": model.max_model_len(),
+        }),
+    );
+    ctx.insert("precision".into(), precision.into());
+    ctx.insert("engine".into(), engine.name.clone().into());
+    ctx.insert("port".into(), PORT_PLACEHOLDER.into());
+    ctx.insert("host".into(), "127.0.0.1".into());
+    ctx.insert("max_model_len".into(), model.max_model_len().into());
+    // `runner` is hashed as a plain name, so moving the binary does not invalidate results.
+    ctx.insert("runner".into(), "runner".into());
+    ctx.insert(
+        "results_dir".into(),
+        exp.results_dir.to_string_lossy().into_owned().into(),
+    );
+    ctx.insert("server_id".into(), id.into());
+    serde_json::Value::Object(ctx)
+}
+
+fn template_text(engine: &Engine) -> Vec<&str> {
+    let mut out = Vec::new();
+    if let Launch::Spawn { command, env, .. } = &engine.launch {
+        out.extend(command.parts());
+        out.extend(env.values().map(String::as_str));
+    }
+    if let Some(v) = &engine.version_command {
+        out.push(v);
+    }
+    out
+}
+
+/// Whether a template mentions `name` as a whole word inside `{{ }}` or `{% %}`.
+fn mentions(template: &str, name: &str) -> bool {
+    let mut rest = template;
+    while let Some(start) = rest.find(['{']) {
+        let after = &rest[start + 1..];
+        let close = match after.chars().next() {
+            Some('{') => "}}",
+            Some('%') => "%}",
+            _ => {
+                rest = after;
+                continue;
+            }
+        };
+        let Some(end) = after.find(close) else { break };
+        let inner = &after[1..end];
+        if inner
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .any(|w| w == name)
+        {
+            return true;
+        }
+        rest = &after[end..];
+    }
+    false
+}
+
+fn template_help(context: &serde_json::Value) -> String {
+    let names: Vec<String> = match context {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .flat_map(|(k, v)| match v {
+                serde_json::Value::Object(inner) => inner
+                    .keys()
+                    .map(|ik| format!("{k}.{ik}"))
+                    .collect::<Vec<_>>(),
+                _ => vec![k.clone()],
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    format!(
+        "variables available here: {}; for a variable only some servers have, use {{% if NAME is defined %}}…{{% endif %}}",
+        names.join(", ")
+    )
+}
+
+fn render_one(template: &str, context: &tera::Context) -> Result<String, String> {
+    tera::Tera::one_off(template, context, false).map_err(|e| {
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        msg.replace("Failed to render '__tera_one_off'", "template error")
+    })
+}
+
+fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, String> {
+    let ctx = tera::Context::from_value(context.clone()).map_err(|e| e.to_string())?;
+    let request_model = context["model"]["served_model_name"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            context["model"]["path"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+    let version_command = engine
+        .version_command
+        .as_deref()
+        .map(|v| render_one(v, &ctx))
+        .transpose()?;
+    match &engine.launch {
+        Launch::Attach { url } => Ok(Rendered {
+            argv: Vec::new(),
+            shell: false,
+            env: IndexMap::new(),
+            workdir: None,
+            version_command,
+            base_url: url.clone(),
+            request_model,
+        }),
+        Launch::Spawn {
+            command,
+            shell,
+            env,
+            workdir,
+            ..
+        } => {
+            let argv = match command {
+                CommandTemplate::Line(line) => {
+                    let text = render_one(line, &ctx)?;
+                    if *shell {
+                        vec![text]
+                    } else {
+                        split_words(&text)?
+                    }
+                }
+                CommandTemplate::Argv(parts) => {
+                    let rendered = parts
+                        .iter()
+                        .map(|p| render_one(p, &ctx))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if *shell {
+                        vec![rendered.join(" ")]
+                    } else {
+                        rendered
+                    }
+                }
+            };
+            let env = env
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), render_one(v, &ctx)?)))
+                .collect::<Result<IndexMap<_, _>, String>>()?;
+            let port = context["port"].to_string().trim_matches('"').to_string();
+            Ok(Rendered {
+                argv,
+                shell: *shell,
+                env,
+                workdir: workdir.as_ref().map(|w| w.to_string_lossy().into_owned()),
+                version_command,
+                base_url: format!("http://127.0.0.1:{port}"),
+                request_model,
+            })
+        }
+    }
+}
+
+/// Splits a command line into words like a POSIX shell would (quotes and backslashes), without running
+/// one: no globbing, no variables, no pipes.
+pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => word.push(ch),
+                        None => return Err("unclosed single quote in command".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(ch @ ('"' | '\\' | '$' | '`')) => word.push(ch),
+                            Some(ch) => {
+                                word.push('\\');
+                                word.push(ch);
+                            }
+                            None => return Err("unclosed double quote in command".into()),
+                        },
+                        Some(ch) => word.push(ch),
+                        None => return Err("unclosed double quote in command".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some('\n') => {}
+                    Some(ch) => word.push(ch),
+                    None => return Err("command ends with a backslash".into()),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '|' | '&' | ';' | '<' | '>' | '`' => {
+                return Err(format!(
+                    "`{c}` needs a shell; set `shell = true` on the engine to run the command through `sh -c`"
+                ));
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    if words.is_empty() {
+        return Err("the command renders to nothing".into());
+    }
+    Ok(words)
+}
+
+/// First 12 hex digits of SHA-256 over the canonical JSON of the settings.
+fn short_hash(value: &serde_json::Value) -> String {
+    let digest = Sha256::digest(serde_json::to_vec(value).unwrap_or_default());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A cell id as a relative path inside the results dir: each `/`-separated part made filesystem-safe.
+pub fn id_path(id: &str) -> std::path::PathBuf {
+    id.split('/')
+        .map(|part| {
+            part.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._=-+".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .iter()
+        .collect::<std::path::PathBuf>()
+}
+
+/// The resolved checkpoint path of a server (for reports).
+pub fn checkpoint<'a>(exp: &'a Experiment, server: &ServerPlan) -> Option<&'a Path> {
+    exp.models
+        .get(&server.model)?
+        .precisions
+        .get(&server.precision)
+        .map(|p| Path::new(&p.path))
+}

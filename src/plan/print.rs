@@ -1,0 +1,241 @@
+//! `runner plan` output: a readable listing for people and `--json` for scripts. Both show exactly what
+//! `runner run` will do, in the same order, with each cell's status read from the results directory.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{Plan, Rendered};
+use crate::experiment::Experiment;
+use crate::experiment::load::PromptMode;
+use crate::store::{CellStatus, Store};
+
+/// Environment variable names whose values never appear in plans, logs or results.
+pub fn is_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    [
+        "TOKEN",
+        "KEY",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "AUTH",
+    ]
+    .iter()
+    .any(|s| upper.contains(s))
+}
+
+/// The environment with secret values replaced by `<redacted>`.
+pub fn redacted_env(r: &Rendered) -> Vec<(String, String)> {
+    r.env
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                if is_secret(k) {
+                    "<redacted>".to_string()
+                } else {
+                    v.clone()
+                },
+            )
+        })
+        .collect()
+}
+
+/// The command as one line a person could paste into a shell.
+pub fn command_line(r: &Rendered) -> String {
+    if r.shell {
+        return format!("sh -c {}", quote(&r.argv.join(" ")));
+    }
+    r.argv
+        .iter()
+        .map(|a| quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%$".contains(c) || !c.is_ascii());
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+pub fn text(out: &mut impl Write, exp: &Experiment, plan: &Plan, store: &Store) -> io::Result<()> {
+    writeln!(out, "{} ({})", exp.title, exp.file.display())?;
+    writeln!(out, "results: {}", exp.results_dir.display())?;
+    let mut counts = [0usize; 4];
+    let n = plan.servers.len();
+    for (i, server) in plan.servers.iter().enumerate() {
+        let engine = &exp.engines[&server.engine];
+        writeln!(out)?;
+        writeln!(
+            out,
+            "server {}/{n}  {}  [{}]",
+            i + 1,
+            server.id,
+            server.hash
+        )?;
+        if server.display.argv.is_empty() {
+            writeln!(
+                out,
+                "  url:      {} (already running: not started or stopped)",
+                server.display.base_url
+            )?;
+        } else {
+            writeln!(out, "  command:  {}", command_line(&server.display))?;
+        }
+        for (k, v) in redacted_env(&server.display) {
+            writeln!(out, "  env:      {k}={v}")?;
+        }
+        if let Some(w) = &server.display.workdir {
+            writeln!(out, "  workdir:  {w}")?;
+        }
+        writeln!(
+            out,
+            "  ready:    GET {} within {}{}; metrics: {}",
+            engine.ready_path,
+            humantime::format_duration(engine.ready_timeout),
+            if engine.smoke_test {
+                ", then one smoke request"
+            } else {
+                ""
+            },
+            engine.metrics_path.as_deref().unwrap_or("none"),
+        )?;
+        writeln!(
+            out,
+            "  model:    {} (requests name it `{}`)",
+            server.model, server.display.request_model
+        )?;
+        for cell in &server.points {
+            let status = store.cell_status(cell);
+            counts[status as usize] += 1;
+            let l = &cell.load;
+            let prompt = match l.prompt {
+                PromptMode::Unique => "unique prompts".to_string(),
+                PromptMode::SharedPrefix { tokens } => format!("shared prefix of {tokens} tokens"),
+            };
+            let mut extra = String::new();
+            if let Some(m) = l.max_inflight {
+                extra.push_str(&format!(", max in flight {m}"));
+            }
+            if let Some(r) = l.request_rate {
+                extra.push_str(&format!(", Poisson {r} req/s"));
+            }
+            writeln!(
+                out,
+                "    {:<28} {:>5} req + {} warm-up, {} → {} tokens, {prompt}{extra}  {}",
+                cell.id
+                    .strip_prefix(&format!("{}/", server.id))
+                    .unwrap_or(&cell.id),
+                l.requests,
+                l.warmup,
+                l.input_tokens,
+                l.output_tokens,
+                status.label(),
+            )?;
+        }
+    }
+    let cells = plan.cell_count();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "totals: {n} server{}, {cells} cell{}, {} requests; {} done, {} pending, {} failed, {} changed",
+        if n == 1 { "" } else { "s" },
+        if cells == 1 { "" } else { "s" },
+        plan.request_count(),
+        counts[CellStatus::Done as usize],
+        counts[CellStatus::Pending as usize],
+        counts[CellStatus::Failed as usize],
+        counts[CellStatus::Changed as usize],
+    )
+}
+
+#[derive(Serialize)]
+struct JsonPlan<'a> {
+    title: &'a str,
+    file: String,
+    results_dir: String,
+    servers: Vec<JsonServer<'a>>,
+    totals: JsonTotals,
+}
+
+#[derive(Serialize)]
+struct JsonServer<'a> {
+    id: &'a str,
+    hash: &'a str,
+    engine: &'a str,
+    model: &'a str,
+    precision: &'a str,
+    vars: &'a indexmap::IndexMap<String, crate::experiment::Scalar>,
+    command: String,
+    argv: &'a [String],
+    env: Vec<(String, String)>,
+    base_url: &'a str,
+    cells: Vec<JsonCell<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonCell<'a> {
+    id: &'a str,
+    hash: &'a str,
+    status: CellStatus,
+    vars: &'a indexmap::IndexMap<String, crate::experiment::Scalar>,
+    load: &'a crate::experiment::load::LoadSpec,
+}
+
+#[derive(Serialize)]
+struct JsonTotals {
+    servers: usize,
+    cells: usize,
+    requests: u64,
+}
+
+pub fn json(out: &mut impl Write, exp: &Experiment, plan: &Plan, store: &Store) -> io::Result<()> {
+    let doc = JsonPlan {
+        title: &exp.title,
+        file: exp.file.display().to_string(),
+        results_dir: exp.results_dir.display().to_string(),
+        servers: plan
+            .servers
+            .iter()
+            .map(|s| JsonServer {
+                id: &s.id,
+                hash: &s.hash,
+                engine: &s.engine,
+                model: &s.model,
+                precision: &s.precision,
+                vars: &s.vars,
+                command: command_line(&s.display),
+                argv: &s.display.argv,
+                env: redacted_env(&s.display),
+                base_url: &s.display.base_url,
+                cells: s
+                    .points
+                    .iter()
+                    .map(|c| JsonCell {
+                        id: &c.id,
+                        hash: &c.hash,
+                        status: store.cell_status(c),
+                        vars: &c.vars,
+                        load: &c.load,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        totals: JsonTotals {
+            servers: plan.servers.len(),
+            cells: plan.cell_count(),
+            requests: plan.request_count(),
+        },
+    };
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    writeln!(out)
+}
