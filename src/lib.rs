@@ -8,8 +8,15 @@
 pub mod cli;
 pub mod commands;
 pub mod engine;
+pub mod envinfo;
 pub mod exit;
 pub mod experiment;
+pub mod load;
 pub mod plan;
+pub mod report;
+pub mod run;
+pub mod scrape;
+pub mod server;
 pub mod sim;
+pub mod stats;
 pub mod store;

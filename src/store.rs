@@ -105,3 +105,145 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
+
+/// One finished cell as stored in `result.json`. CONTRACT: the report reads exactly this.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CellResult {
+    pub id: String,
+    /// Settings hash of the cell (resume compares it with the plan's).
+    pub hash: String,
+    pub server_id: String,
+    pub server_hash: String,
+    pub model: String,
+    pub precision: String,
+    pub engine: String,
+    /// Every variable of the cell: server variables, then load variables.
+    pub vars: indexmap::IndexMap<String, crate::experiment::Scalar>,
+    /// The resolved load settings (as JSON, so old results stay readable when settings gain fields).
+    pub load: serde_json::Value,
+    pub summary: crate::stats::Summary,
+    pub server_metrics: crate::scrape::ServerMetrics,
+    /// The server command line as run (secrets redacted), and the engine's version output.
+    pub command: String,
+    pub engine_version: Option<String>,
+    /// Local time with offset, RFC 3339.
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+/// Why a cell (or its whole server) failed, stored in `failure.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CellFailure {
+    pub id: String,
+    pub hash: String,
+    pub server_id: String,
+    pub reason: String,
+    /// Last lines of the server log, if a server was involved.
+    pub log_tail: Vec<String>,
+    pub at: String,
+}
+
+/// One server configuration's lifecycle, stored in `servers/<id>/server.json`.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct ServerRecord {
+    pub id: String,
+    pub hash: String,
+    pub engine: String,
+    pub command: String,
+    pub env: Vec<(String, String)>,
+    pub base_url: String,
+    pub port: Option<u16>,
+    pub engine_version: Option<String>,
+    pub time_to_ready_s: Option<f64>,
+    pub teardown_s: Option<f64>,
+    /// SIGKILL was needed after the grace period.
+    pub teardown_escalated: Option<bool>,
+    pub started_at: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub log_tail: Vec<String>,
+}
+
+impl Store {
+    /// Stores a finished cell: the per-request records first, then `result.json`, whose presence is the
+    /// commit point for resume. A stale `failure.json` is removed afterwards.
+    pub fn write_cell<R: Serialize>(
+        &self,
+        cell: &CellResult,
+        requests: &[R],
+    ) -> std::io::Result<()> {
+        let dir = self.root.join("cells").join(id_path(&cell.id));
+        let mut lines = Vec::new();
+        for r in requests {
+            serde_json::to_writer(&mut lines, r).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+        }
+        write_atomic(&dir.join(REQUESTS_FILE), &lines)?;
+        write_json(&dir.join(RESULT_FILE), cell)?;
+        match std::fs::remove_file(dir.join(FAILURE_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed cell. A previous successful result with other settings is left in place until
+    /// the cell succeeds again; one with the same hash cannot exist (the cell would have been skipped).
+    pub fn write_failure(&self, failure: &CellFailure) -> std::io::Result<()> {
+        let dir = self.root.join("cells").join(id_path(&failure.id));
+        write_json(&dir.join(FAILURE_FILE), failure)
+    }
+
+    pub fn write_server(&self, record: &ServerRecord) -> std::io::Result<()> {
+        write_json(
+            &self
+                .root
+                .join("servers")
+                .join(id_path(&record.id))
+                .join("server.json"),
+            record,
+        )
+    }
+
+    pub fn server_log_path(&self, server: &ServerPlan) -> PathBuf {
+        self.server_dir(server).join("server.log")
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.root.join("runner.pid")
+    }
+
+    /// Every stored cell result, in directory order (the report sorts as it needs).
+    pub fn read_cells(&self) -> std::io::Result<Vec<CellResult>> {
+        let mut out = Vec::new();
+        let root = self.root.join("cells");
+        if !root.is_dir() {
+            return Ok(out);
+        }
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.file_name().is_some_and(|n| n == RESULT_FILE) {
+                    let text = std::fs::read_to_string(&path)?;
+                    let cell: CellResult = serde_json::from_str(&text).map_err(|e| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?;
+                    out.push(cell);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Now, local time with offset (labels only; durations use `Instant`).
+pub fn now_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
