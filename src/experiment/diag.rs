@@ -161,12 +161,16 @@ pub fn did_you_mean<'c>(
     word: &str,
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<String> {
+    // Short names need an edit-distance rule (`svr` → `srv`); long ones are judged by similarity.
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+        .filter(|c| {
+            let edits = strsim::damerau_levenshtein(word, c);
+            let len = c.chars().count();
+            (edits <= (len / 3).max(1) && edits < len) || strsim::jaro_winkler(word, c) > 0.85
+        })
+        .min_by_key(|c| strsim::damerau_levenshtein(word, c))
+        .map(|c| format!("did you mean `{c}`?"))
 }
 
 #[cfg(test)]

@@ -198,27 +198,34 @@ pub fn parse(file: &Path, source: &str) -> Result<Experiment, Diagnostics> {
     }
     let locator = Locator::new(source);
     let mut ignored: Vec<Vec<String>> = Vec::new();
-    let raw: RawExperiment = match toml::de::Deserializer::parse(source)
-        .and_then(|de| serde_ignored::deserialize(de, |path| ignored.push(path_segments(&path))))
-    {
-        Ok(raw) => raw,
+    let located = |e: &toml::de::Error| e.span().map(|s| diag::line_col(source, s.start));
+    let deserializer = match toml::de::Deserializer::parse(source) {
+        Ok(de) => de,
         Err(e) => {
-            let position = e.span().map(|s| diag::line_col(source, s.start));
-            let message = e.message().trim().to_string();
-            let help = if message.contains("invalid type") || message.contains("expected") {
-                Some("check the value's type against the README's file reference".to_string())
-            } else {
-                None
-            };
             diags.push(Diagnostic {
                 key: String::new(),
-                position,
-                message,
-                help,
+                position: located(&e),
+                message: format!("TOML syntax: {}", e.message().trim()),
+                help: Some("fix the syntax at the marked position (strings need closing quotes, tables `[name]`)".into()),
             });
             return Err(diags);
         }
     };
+    let raw: RawExperiment =
+        match serde_ignored::deserialize(deserializer, |path| ignored.push(path_segments(&path))) {
+            Ok(raw) => raw,
+            Err(e) => {
+                diags.push(Diagnostic {
+                    key: String::new(),
+                    position: located(&e),
+                    message: e.message().trim().to_string(),
+                    help: Some(
+                        "check the value's type against the file reference in the README".into(),
+                    ),
+                });
+                return Err(diags);
+            }
+        };
     for path in &ignored {
         unknown_key(&mut diags, &locator, path);
     }

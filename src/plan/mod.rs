@@ -765,10 +765,12 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
                 }
             }
             '\\' => {
-                in_word = true;
                 match chars.next() {
-                    Some('\n') => {}
-                    Some(ch) => word.push(ch),
+                    Some('\n') => {} // a line continuation joins lines, it is no word
+                    Some(ch) => {
+                        in_word = true;
+                        word.push(ch);
+                    }
                     None => return Err("command ends with a backslash".into()),
                 }
             }
@@ -830,4 +832,210 @@ pub fn checkpoint<'a>(exp: &'a Experiment, server: &ServerPlan) -> Option<&'a Pa
         .precisions
         .get(&server.precision)
         .map(|p| Path::new(&p.path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[engines.a]
+command = "srv --model {{ model.path }} --port {{ port }}{% if gmu is defined %} --gmu {{ gmu }}{% endif %}{% if kv is defined %} --kv {{ kv }}{% endif %}"
+[engines.b]
+command = ["srv-b", "--port", "{{ port }}", "--len", "{{ max_model_len }}"]
+[models.m1]
+input_tokens = 100
+output_tokens = 10
+[models.m1.precisions]
+fp8 = { path = "/m1/fp8" }
+nvfp4 = { path = "/m1/nvfp4" }
+[models.m2]
+input_tokens = 200
+output_tokens = 20
+context_headroom = 0
+[models.m2.precisions]
+fp8 = { path = "/m2/fp8" }
+"#;
+
+    fn plan(matrix: &str) -> Plan {
+        let text = format!("{BASE}\n{matrix}");
+        let exp =
+            crate::experiment::parse(Path::new("t.toml"), &text).unwrap_or_else(|d| panic!("{d}"));
+        expand(&exp).unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    fn cell_ids(p: &Plan) -> Vec<String> {
+        p.servers
+            .iter()
+            .flat_map(|s| s.points.iter().map(|c| c.id.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn order_follows_the_file_first_key_slowest() {
+        let p = plan(
+            "[matrix]\nmodel = [\"m1\", \"m2\"]\nprecision = [\"fp8\"]\nengine = [\"a\", \"b\"]\nconcurrency = [4, 1]\n",
+        );
+        assert_eq!(
+            cell_ids(&p),
+            [
+                "m1/fp8/a/c4",
+                "m1/fp8/a/c1",
+                "m1/fp8/b/c4",
+                "m1/fp8/b/c1",
+                "m2/fp8/a/c4",
+                "m2/fp8/a/c1",
+                "m2/fp8/b/c4",
+                "m2/fp8/b/c1",
+            ]
+        );
+        assert_eq!(p.servers.len(), 4);
+        // Load variables never split a server: concurrency written first still groups by server.
+        let q = plan(
+            "[matrix]\nconcurrency = [1, 4]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\", \"b\"]\n",
+        );
+        assert_eq!(
+            cell_ids(&q),
+            ["m1/fp8/a/c1", "m1/fp8/a/c4", "m1/fp8/b/c1", "m1/fp8/b/c4"]
+        );
+    }
+
+    #[test]
+    fn exclude_then_include_extend_and_add() {
+        let p = plan(
+            r#"[matrix]
+model = ["m1"]
+precision = ["fp8", "nvfp4"]
+engine = ["a", "b"]
+concurrency = [1, 8]
+[[matrix.exclude]]
+engine = "b"
+precision = "nvfp4"
+[[matrix.include]]
+engine = "a"
+precision = "fp8"
+kv = "fp8_e5m2"
+[[matrix.include]]
+model = "m2"
+precision = "fp8"
+engine = "b"
+[[matrix.include]]
+concurrency = 1
+requests = 2
+"#,
+        );
+        assert_eq!(
+            cell_ids(&p),
+            [
+                "m1/fp8/a/c1",
+                "m1/fp8/a/c8",
+                "m1/fp8/b/c1",
+                "m1/fp8/b/c8",
+                "m1/nvfp4/a/c1",
+                "m1/nvfp4/a/c8",
+                "m2/fp8/b/c1",
+                "m2/fp8/b/c8",
+            ]
+        );
+        let s0 = &p.servers[0];
+        assert!(
+            s0.display
+                .argv
+                .ends_with(&["--kv".to_string(), "fp8_e5m2".to_string()]),
+            "{:?}",
+            s0.display.argv
+        );
+        assert!(!p.servers[2].display.argv.contains(&"--kv".to_string()));
+        // Include-added load settings apply only where they match; requests default elsewhere.
+        assert_eq!(s0.points[0].load.requests, 2);
+        assert_eq!(s0.points[1].load.requests, 24);
+        // The added model took concurrency from the list.
+        assert_eq!(
+            p.servers[3].display.argv,
+            ["srv-b", "--port", "$PORT", "--len", "220"]
+        );
+    }
+
+    #[test]
+    fn ids_name_only_distinguishing_variables() {
+        let p = plan(
+            "[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\ngmu = [0.85, 0.9]\nshared_prefix_tokens = [10, 50]\nconcurrency = [2]\n",
+        );
+        assert_eq!(
+            cell_ids(&p),
+            [
+                "m1/fp8/a/gmu=0.85/c2/shared_prefix_tokens=10",
+                "m1/fp8/a/gmu=0.85/c2/shared_prefix_tokens=50",
+                "m1/fp8/a/gmu=0.9/c2/shared_prefix_tokens=10",
+                "m1/fp8/a/gmu=0.9/c2/shared_prefix_tokens=50",
+            ]
+        );
+        assert_eq!(p.servers.len(), 2, "a load variable shares the warm server");
+    }
+
+    #[test]
+    fn hashes_change_only_with_what_they_cover() {
+        let m = "[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\nconcurrency = [1, 4]\n";
+        let p1 = plan(m);
+        let p2 = plan(m);
+        assert_eq!(p1.servers[0].hash, p2.servers[0].hash, "deterministic");
+        assert_eq!(p1.servers[0].points[1].hash, p2.servers[0].points[1].hash);
+        assert_eq!(p1.servers[0].hash.len(), 12);
+        // A load change alters the cell hash but not the server's.
+        let p3 = plan(&format!("{m}[load]\nwarmup = 3\n"));
+        assert_eq!(p1.servers[0].hash, p3.servers[0].hash);
+        assert_ne!(p1.servers[0].points[0].hash, p3.servers[0].points[0].hash);
+        // A server change alters both.
+        let p4 = plan(&m.replace("engine = [\"a\"]", "engine = [\"a\"]\ngmu = [0.5]"));
+        assert_ne!(p1.servers[0].hash, p4.servers[0].hash);
+        assert_ne!(p1.servers[0].points[0].hash, p4.servers[0].points[0].hash);
+        // Cells at different concurrency differ.
+        assert_ne!(p1.servers[0].points[0].hash, p1.servers[0].points[1].hash);
+    }
+
+    #[test]
+    fn selection_keeps_matching_cells_only() {
+        let p = plan(
+            "[matrix]\nmodel = [\"m1\", \"m2\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\nconcurrency = [1, 4]\n",
+        );
+        let f = parse_filters(&["model=m2,concurrency=4".into()], &p).unwrap();
+        assert_eq!(cell_ids(&p.clone().select(&f)), ["m2/fp8/a/c4"]);
+        assert!(
+            parse_filters(&["modl=m2".into()], &p)
+                .unwrap_err()
+                .contains("did you mean `model`?")
+        );
+        assert!(parse_filters(&["model".into()], &p).is_err());
+    }
+
+    #[test]
+    fn rendering_is_single_pass() {
+        // A value that looks like a template is not rendered again.
+        let text = format!(
+            "{BASE}\n[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\ngmu = [\"{{{{port}}}}\"]\nconcurrency = [1]\n"
+        );
+        let exp = crate::experiment::parse(Path::new("t.toml"), &text).unwrap();
+        let p = expand(&exp).unwrap();
+        assert!(
+            p.servers[0].display.argv.contains(&"{{port}}".to_string()),
+            "{:?}",
+            p.servers[0].display.argv
+        );
+        let real = p.servers[0].render(&exp, Some(8123)).unwrap();
+        assert!(
+            real.argv.contains(&"8123".to_string()) && real.base_url == "http://127.0.0.1:8123"
+        );
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(
+            split_words(r#"a "b c" 'd e' f\ g"#).unwrap(),
+            ["a", "b c", "d e", "f g"]
+        );
+        assert_eq!(split_words("a \\\n  b").unwrap(), ["a", "b"]);
+        assert!(split_words("a 'b").is_err());
+        assert!(split_words("a | b").unwrap_err().contains("shell = true"));
+        assert_eq!(id_path("m/fp8/a/x=1 2").to_string_lossy(), "m/fp8/a/x=1_2");
+    }
 }

@@ -1,0 +1,174 @@
+//! Bad input: every broken experiment file exits 2 with a message naming the file, the key or line, and
+//! the fix; nothing panics. Table-driven: each case is a file body and the fragments the error must show.
+
+use crate::common::{run_in, text};
+
+const VALID: &str = r#"
+title = "t"
+
+[engines.srv]
+command = "my-server --model {{ model.path }} --port {{ port }} --max-model-len {{ max_model_len }}"
+
+[models.m]
+input_tokens = 100
+output_tokens = 8
+[models.m.precisions]
+fp8 = { path = "/models/m-fp8" }
+
+[matrix]
+model = ["m"]
+precision = ["fp8"]
+engine = ["srv"]
+concurrency = [1, 4]
+"#;
+
+/// (name, file body, fragments that must all appear in stderr).
+fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    let with = |from: &str, to: &str| {
+        assert!(VALID.contains(from), "case setup: {from:?} not in VALID");
+        VALID.replacen(from, to, 1)
+    };
+    vec![
+        ("empty file", String::new(), vec!["the file is empty", "help:"]),
+        ("whitespace only", "  \n\n".into(), vec!["the file is empty"]),
+        ("syntax error", with("title = \"t\"", "title = \"t"), vec!["t.toml:2:"]),
+        ("unclosed table header", with("[matrix]", "[matrix"), vec!["t.toml:13:", "TOML syntax", "fix the syntax"]),
+        ("typo at top level", with("title =", "titel ="), vec!["t.toml:2:1", "`titel`", "did you mean `title`?"]),
+        ("typo in engine key", with("[engines.srv]\n", "[engines.srv]\nready_timout = \"5m\"\n"), vec!["t.toml:5:1", "engines.srv.ready_timout", "did you mean `ready_timeout`?"]),
+        ("typo in model key", with("input_tokens = 100", "input_tokens = 100\noutput_token = 8"), vec!["models.m.output_token", "did you mean `output_tokens`?"]),
+        ("wrong type", with("input_tokens = 100", "input_tokens = \"100\""), vec!["t.toml:8:", "invalid type", "help:"]),
+        ("negative tokens", with("output_tokens = 8", "output_tokens = -8"), vec!["t.toml:9:"]),
+        ("dangling model", with("model = [\"m\"]", "model = [\"n\"]"), vec!["matrix.model", "no model named `n`", "defined models: m"]),
+        ("dangling engine typo", with("engine = [\"srv\"]", "engine = [\"svr\"]"), vec!["t.toml:16:1", "no engine named `svr`", "did you mean `srv`?"]),
+        ("dangling precision", with("precision = [\"fp8\"]", "precision = [\"fp8\", \"nvfp4\"]"), vec!["no precision named `nvfp4`"]),
+        ("precision without checkpoint for one model", with("[matrix]", "[models.k]\ninput_tokens = 10\noutput_tokens = 2\n[models.k.precisions]\nnvfp4 = { path = \"/x\" }\n\n[matrix]").replacen("model = [\"m\"]", "model = [\"m\", \"k\"]", 1), vec!["precision `fp8`", "no checkpoint path", "[[matrix.exclude]]"]),
+        ("precision with no path", with("fp8 = { path = \"/models/m-fp8\" }", "fp8 = { name = \"x\" }"), vec!["models.m.precisions.fp8", "has no checkpoint `path`"]),
+        ("undefined template variable", with("{{ model.path }}", "{{ modle.path }}"), vec!["engines.srv.command", "cannot render", "modle", "variables available here"]),
+        ("unused matrix variable", with("concurrency = [1, 4]", "concurrency = [1, 4]\ngpu_mem = [0.9]"), vec!["matrix.gpu_mem", "used by no template", "{{ gpu_mem }}"]),
+        ("load typo as matrix variable", with("concurrency = [1, 4]", "concurrency = [1, 4]\nwarmpu = [0]"), vec!["matrix.warmpu", "did you mean `warmup`?"]),
+        ("empty matrix list", with("concurrency = [1, 4]", "concurrency = []"), vec!["`concurrency` is missing or empty"]),
+        ("exclude removes everything", format!("{VALID}\n[[matrix.exclude]]\nengine = \"srv\"\n"), vec!["expands to no cells", "matrix.exclude"]),
+        ("bad duration", with("[engines.srv]\n", "[engines.srv]\nstop_grace = \"3 parsecs\"\n"), vec!["t.toml:5:", "is not a duration", "\"30m\""]),
+        ("unknown preset", with("[engines.srv]\n", "[engines.srv]\npreset = \"vlm\"\n"), vec!["engines.srv.preset", "did you mean `vllm`?"]),
+        ("url and command", with("[engines.srv]\n", "[engines.srv]\nurl = \"http://127.0.0.1:9\"\n"), vec!["engines.srv.url", "not both"]),
+        ("no engines", VALID.split("[engines.srv]").next().unwrap_or_default().to_string() + "[models.m]\ninput_tokens=1\noutput_tokens=1\n[models.m.precisions]\nfp8={path=\"/x\"}\n[matrix]\nmodel=[\"m\"]\nprecision=[\"fp8\"]\nengine=[\"srv\"]\nconcurrency=[1]\n", vec!["no engines are defined", "[engines.NAME]"]),
+        ("no matrix", VALID.split("[matrix]").next().unwrap_or_default().to_string(), vec!["there is no [matrix]"]),
+        ("zero concurrency", with("concurrency = [1, 4]", "concurrency = [0, 4]"), vec!["concurrency must be a whole number ≥ 1"]),
+        ("concurrency in load", format!("{VALID}\n[load]\nconcurrency = 4\n"), vec!["load.concurrency", "matrix axis"]),
+        ("load key typo", format!("{VALID}\n[load]\nwarmpu = 2\n"), vec!["t.toml:20:1", "load.warmpu", "did you mean `warmup`?"]),
+        ("bad requests expression", format!("{VALID}\n[load]\nrequests = \"3 * concurency\"\n"), vec!["load.requests", "unknown name `concurency`"]),
+        ("bad prompt mode", format!("{VALID}\n[load]\nprompt = \"same\"\n"), vec!["load.prompt", "\"shared_prefix\""]),
+        ("duplicate ids", with("concurrency = [1, 4]", "concurrency = [1, 4]\nflag = [0.5, \"0.5\"]").replacen("--port {{ port }}", "--port {{ port }} --f {{ flag }}", 1), vec!["two cells have the id", "m/fp8/srv/flag=0.5/c1"]),
+        ("command needs a shell", with("--port {{ port }}", "--port {{ port }} | tee log"), vec!["needs a shell", "shell = true"]),
+        ("unset environment variable", with("/models/m-fp8", "${RUNNER_TEST_SURELY_UNSET}/m"), vec!["RUNNER_TEST_SURELY_UNSET", "is not set"]),
+        ("several problems at once", with("title =", "titel =").replacen("engine = [\"srv\"]", "engine = [\"svr\"]", 1), vec!["2 problems in", "titel", "svr"]),
+    ]
+}
+
+#[test]
+fn broken_files_exit_2_with_a_located_message_and_a_fix() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut failures = Vec::new();
+    for (name, body, fragments) in cases() {
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, &body).expect("write case");
+        let out = run_in(dir.path(), &["plan", "t.toml"]);
+        let stderr = text(&out.stderr);
+        if out.status.code() != Some(2) {
+            failures.push(format!(
+                "{name}: exit {:?}, stderr:\n{stderr}",
+                out.status.code()
+            ));
+            continue;
+        }
+        if stderr.contains("panicked") || !stderr.contains("t.toml") {
+            failures.push(format!("{name}: no file name or a panic:\n{stderr}"));
+        }
+        for f in fragments {
+            if !stderr.contains(f) {
+                failures.push(format!("{name}: missing {f:?} in:\n{stderr}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn non_utf8_file_is_located() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut body = b"title = \"ok\"\nname = \"".to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(b"\"\n");
+    std::fs::write(dir.path().join("t.toml"), body).expect("write");
+    let out = run_in(dir.path(), &["plan", "t.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("t.toml:2:9") && stderr.contains("not valid UTF-8"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_file_and_bad_usage_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run_in(dir.path(), &["plan", "nope.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("nope.toml") && text(&out.stderr).contains("cannot read"));
+    let out = run_in(dir.path(), &["plan"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_in(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_in(dir.path(), &["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("Exit codes"));
+}
+
+#[test]
+fn only_filter_with_unknown_key_is_bad_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("t.toml"), VALID).expect("write");
+    let out = run_in(dir.path(), &["plan", "t.toml", "--only", "concurency=4"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("did you mean `concurrency`?"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run_in(dir.path(), &["plan", "t.toml", "--only", "concurrency=4"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("c4") && !stdout.contains("  c1 "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn seed_campaign_plan_renders_the_seed_commands() {
+    let out = run_in(
+        &crate::common::repo(),
+        &["plan", "experiments/rtxpro6000.toml"],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains(
+        "vllm serve /mnt/data/models/Qwen_Qwen3-14B-FP8 --enforce-eager --enable-prefix-caching --max-model-len 10928 --gpu-memory-utilization 0.90"
+    ));
+    assert!(
+        stdout.contains("--max-model-len 21128"),
+        "72B: 20000 + 1000 + 128"
+    );
+    assert!(stdout.contains("--kv-cache-dtype fp8_e5m2"));
+    assert!(stdout.contains("totals: 10 servers, 40 cells"), "{stdout}");
+    // The seed's rule: 2 requests at c=1, 3 × concurrency elsewhere.
+    assert!(stdout.contains("c1 ") && stdout.contains("    2 req + 1 warm-up"));
+    assert!(stdout.contains("  120 req + 1 warm-up"));
+    let json = run_in(
+        &crate::common::repo(),
+        &["plan", "experiments/rtxpro6000.toml", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("plan --json is JSON");
+    assert_eq!(v["totals"]["cells"], 40);
+    assert_eq!(v["servers"][0]["cells"][0]["id"], "qwen3-14b/fp8/vllm/c1");
+}
