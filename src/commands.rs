@@ -23,8 +23,45 @@ pub fn prepare(file: &Path, only: &[String]) -> anyhow::Result<(Experiment, Plan
     Ok((exp, plan))
 }
 
-pub fn run(_file: &Path, _options: &RunOptions) -> anyhow::Result<i32> {
-    anyhow::bail!("not built yet")
+pub fn run(file: &Path, options: &RunOptions) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(file, &options.only)?;
+    let store = Store::new(&exp.results_dir);
+    ensure_writable(&exp)?;
+    // A runner killed hard may have left its server running: clean it up before anything starts.
+    match crate::server::cleanup_stale(&store.pid_file()) {
+        Ok(Some(cleanup)) => eprintln!("cleaned up a stale server from an earlier run: {cleanup}"),
+        Ok(None) => {}
+        Err(e) => return Err(Failure::bad_input(format!("{e}")).into()),
+    }
+    crate::store::write_atomic(&exp.results_dir.join("experiment.toml"), exp.source.as_bytes())
+        .context("copying the experiment file into the results directory")?;
+    let environment = crate::envinfo::capture(&exp.file);
+    crate::store::write_json(&exp.results_dir.join("environment.json"), &environment)
+        .context("writing environment.json")?;
+    let outcome = crate::run::execute(&exp, &plan, &store, options)?;
+    eprintln!(
+        "{} cell(s) run, {} already done, {} failed{}; results in {}",
+        outcome.cells_run,
+        outcome.cells_skipped,
+        outcome.cells_failed,
+        if outcome.interrupted { ", interrupted" } else { "" },
+        exp.results_dir.display()
+    );
+    Ok(outcome.exit_code())
+}
+
+/// The results directory must be writable before the first server starts, not after an hour.
+fn ensure_writable(exp: &Experiment) -> anyhow::Result<()> {
+    let dir = &exp.results_dir;
+    let probe = std::fs::create_dir_all(dir).and_then(|()| tempfile::NamedTempFile::new_in(dir).map(drop));
+    probe.map_err(|e| {
+        Failure::bad_input(format!(
+            "{}: results_dir {} is not writable: {e}\n  help: choose another `results_dir` or fix the permissions",
+            exp.file.display(),
+            dir.display()
+        ))
+        .into()
+    })
 }
 
 pub fn plan(args: &PlanArgs) -> anyhow::Result<i32> {

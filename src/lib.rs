@@ -13,6 +13,7 @@ pub mod exit;
 pub mod experiment;
 pub mod load;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod scrape;
