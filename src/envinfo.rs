@@ -213,7 +213,9 @@ fn run_tool(program: &Path, args: &[&str], probe: &Probe) -> Result<String, Stri
     if let Some(path) = &probe.path {
         expr = expr.env("PATH", path);
     }
-    let handle = expr.start().map_err(|e| format!("{name} could not start: {e}"))?;
+    let handle = expr
+        .start()
+        .map_err(|e| format!("{name} could not start: {e}"))?;
     let output = match handle.wait_timeout(probe.timeout.unwrap_or(DEFAULT_TIMEOUT)) {
         Ok(Some(out)) => out.clone(),
         Ok(None) => {
@@ -312,7 +314,8 @@ fn timezone_name() -> Option<String> {
     }
     let target = std::fs::read_link("/etc/localtime").ok()?;
     let text = target.to_string_lossy();
-    text.split_once("zoneinfo/").map(|(_, zone)| zone.to_string())
+    text.split_once("zoneinfo/")
+        .map(|(_, zone)| zone.to_string())
 }
 
 #[cfg(test)]

@@ -119,7 +119,13 @@ mod tests {
         };
         let svg = render(&chart).unwrap();
         assert!(svg.starts_with("<svg"));
-        for text in ["vllm", "sglang", "TTFT mean (ms)", "TPOT mean (ms)", "Model · FP8"] {
+        for text in [
+            "vllm",
+            "sglang",
+            "TTFT mean (ms)",
+            "TPOT mean (ms)",
+            "Model · FP8",
+        ] {
             assert!(svg.contains(text), "missing {text}");
         }
         // Every point is marked in each of the three panels.

@@ -120,11 +120,19 @@ pub fn engine_label(preset: crate::engine::Preset, engine: &str, version: Option
         Preset::Generic => engine,
     };
     let version = version
-        .map(|v| v.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or(""))
+        .map(|v| {
+            v.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("")
+        })
         .unwrap_or("");
     if version.is_empty() {
         name.to_string()
-    } else if version.starts_with(|c: char| c.is_ascii_digit() || c == 'v') {
+    } else if version
+        .trim_start_matches('v')
+        .starts_with(|c: char| c.is_ascii_digit())
+    {
         format!("{name} {version}")
     } else {
         version.to_string()

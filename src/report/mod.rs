@@ -190,8 +190,32 @@ impl Templates {
             .with_context(|| format!("preparing the data for template {name}"))?;
         self.tera
             .render(name, &ctx)
+            .map(|out| tidy(&out))
             .map_err(|e| template_error(name, text, &e))
     }
+}
+
+/// Template whitespace control is fiddly; rather than make every template fight it, the output loses
+/// leading blank lines and runs of blank lines (insignificant in markdown) and ends with one newline.
+fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 1);
+    let mut blank_run = 0;
+    for line in text.trim_start_matches('\n').lines() {
+        if line.trim().is_empty() {
+            blank_run += 1;
+            if blank_run > 1 {
+                continue;
+            }
+        } else {
+            blank_run = 0;
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let trimmed = out.trim_end_matches('\n').len();
+    out.truncate(trimmed);
+    out.push('\n');
+    out
 }
 
 /// Turns a tera error into one message naming the template, the line and the variable. tera reports the
@@ -236,9 +260,12 @@ fn syntax_error_line(message: &str) -> Option<usize> {
     rest.split(':').next()?.trim().parse().ok()
 }
 
+/// The first name tera quotes in a message (it uses both `x` and 'x').
 fn backticked(message: &str) -> Option<&str> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
+    let open = message.find(['`', '\''])?;
+    let quote = message[open..].chars().next()?;
+    let start = open + 1;
+    let len = message[start..].find(quote)?;
     Some(&message[start..start + len])
 }
 
@@ -262,7 +289,10 @@ mod tests {
         let err = match tera.add_raw_template("t.tera", source) {
             Err(e) => e,
             Ok(()) => tera
-                .render("t.tera", &tera::Context::from_serialize(serde_json::json!({"a": {"b": 1}})).unwrap())
+                .render(
+                    "t.tera",
+                    &tera::Context::from_serialize(serde_json::json!({"a": {"b": 1}})).unwrap(),
+                )
                 .unwrap_err(),
         };
         template_error("my/t.tera", source, &err).to_string()
@@ -277,13 +307,16 @@ mod tests {
 
     #[test]
     fn syntax_error_names_line() {
-        let msg = render_err("ok\nok\n{{ a.b \n");
+        let msg = render_err("ok\nok\n{{ a.b + }}\nok\n");
         assert!(msg.starts_with("template my/t.tera, line 3"), "{msg}");
     }
 
     #[test]
     fn unknown_filter_names_line() {
         let msg = render_err("x\n{{ a.b | frobnicate }}\n");
-        assert!(msg.contains("line 2") && msg.contains("frobnicate"), "{msg}");
+        assert!(
+            msg.contains("line 2") && msg.contains("frobnicate"),
+            "{msg}"
+        );
     }
 }

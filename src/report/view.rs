@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use super::format::{self, NONE};
 use crate::envinfo::Environment;
-use crate::experiment::{AXES, Experiment};
 use crate::experiment::load::PromptMode;
+use crate::experiment::{AXES, Experiment};
 use crate::plan::{CellPlan, Plan, ServerPlan};
 use crate::store::{CellFailure, CellResult, ServerRecord};
 
@@ -97,6 +97,8 @@ pub struct Section {
 #[derive(Debug, Clone, Serialize)]
 pub struct RatioRow {
     pub concurrency: String,
+    /// Why the ratio may mislead (different load settings), or empty.
+    pub note: String,
     pub qps: String,
     pub decode_tps: String,
     pub output_tps: String,
@@ -424,7 +426,10 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         counts,
         threshold: format::percent(threshold),
         warnings,
-        charts: charts.into_values().filter(|c| !c.series.is_empty()).collect(),
+        charts: charts
+            .into_values()
+            .filter(|c| !c.series.is_empty())
+            .collect(),
     }
 }
 
@@ -760,16 +765,14 @@ fn ratio_tables(
         {
             for other in rest {
                 let Some(num_server) = plan.servers.iter().find(|s| {
-                    s.model == model.id
-                        && s.precision == *other
-                        && others(s) == others(base_server)
+                    s.model == model.id && s.precision == *other && others(s) == others(base_server)
                 }) else {
                     continue;
                 };
                 let find = |server: &ServerPlan, c: u32| {
                     done.iter()
                         .find(|(s, cell, _)| s.id == server.id && cell.load.concurrency == c)
-                        .map(|(_, _, r)| &r.summary)
+                        .map(|(_, cell, r)| (*cell, &r.summary))
                 };
                 let mut concs: Vec<u32> = base_server
                     .points
@@ -781,9 +784,27 @@ fn ratio_tables(
                 let rows: Vec<RatioRow> = concs
                     .into_iter()
                     .filter_map(|c| {
-                        let (d, n) = (find(base_server, c)?, find(num_server, c)?);
+                        let ((d_cell, d), (n_cell, n)) =
+                            (find(base_server, c)?, find(num_server, c)?);
                         let r = |a: f64, b: f64| format::ratio(a / b);
+                        // A ratio is only fair under the same load; say so where it is not (the
+                        // seed compared a run capped at 24 in flight with an uncapped one).
+                        let settings = |cell: &CellPlan| load_remarks(cell, None).split_off(1);
+                        let (ds, ns) = (settings(d_cell), settings(n_cell));
+                        let note = if ds == ns {
+                            String::new()
+                        } else {
+                            let text = |v: Vec<String>| {
+                                if v.is_empty() {
+                                    "无".to_string()
+                                } else {
+                                    v.join("，")
+                                }
+                            };
+                            format!("⚠ 负载设置不同：{} vs {}", text(ns), text(ds))
+                        };
                         Some(RatioRow {
+                            note,
                             concurrency: c.to_string(),
                             qps: r(n.qps, d.qps),
                             decode_tps: r(n.decode_tps, d.decode_tps),
@@ -797,8 +818,7 @@ fn ratio_tables(
                 if rows.is_empty() {
                     continue;
                 }
-                let (_, num_label) = format::precision_labels(other);
-                let (_, den_label) = format::precision_labels(base);
+                let (num_label, den_label) = (other.to_uppercase(), base.to_uppercase());
                 let mut heading = format!(
                     "{}：{} / {}（{}",
                     model.name, num_label, den_label, base_server.engine
@@ -873,12 +893,15 @@ fn model_infos(
             .map(|t| t.engine_label.clone())
             .collect();
         engines.dedup();
-        let mut params: Vec<String> = servers.iter().flat_map(|s| {
-            s.vars
-                .iter()
-                .filter(|(k, _)| !AXES.contains(&k.as_str()))
-                .map(|(k, v)| format!("{k}={v}"))
-        }).collect();
+        let mut params: Vec<String> = servers
+            .iter()
+            .flat_map(|s| {
+                s.vars
+                    .iter()
+                    .filter(|(k, _)| !AXES.contains(&k.as_str()))
+                    .map(|(k, v)| format!("{k}={v}"))
+            })
+            .collect();
         params.sort();
         params.dedup();
         let mut concs: Vec<u32> = servers
