@@ -739,3 +739,58 @@ mod envinfo {
         assert!(start.elapsed() < std::time::Duration::from_secs(20));
     }
 }
+
+#[test]
+fn a_campaign_without_results_lists_every_planned_cell_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/rtxpro6000.toml"),
+    )
+    .unwrap()
+    .replace(
+        "results_dir = \"results/rtxpro6000\"",
+        &format!("results_dir = {:?}", results.display().to_string()),
+    );
+    let file = tmp.path().join("rtxpro6000.toml");
+    std::fs::write(&file, text).unwrap();
+    let exp = experiment::load(&file).unwrap_or_else(|d| panic!("{d}"));
+    let plan = plan::expand(&exp).unwrap_or_else(|d| panic!("{d}"));
+    let store = Store::new(&exp.results_dir);
+    let files = report::render_all(&exp, &plan, &store).unwrap();
+    assert_eq!(files.missing, plan.cell_count());
+    assert!(files.charts.is_empty(), "no data, no charts");
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    let result_tables: Vec<MdTable> = tables(&md)
+        .into_iter()
+        .filter(|t| t.column("备注").is_some())
+        .collect();
+    let rows: usize = result_tables.iter().map(|t| t.rows.len()).sum();
+    assert_eq!(rows, plan.cell_count());
+    assert!(
+        result_tables
+            .iter()
+            .flat_map(|t| &t.rows)
+            .all(|r| r[1] == "未完成")
+    );
+    // vLLM and SGLang tables of one model and precision are told apart by the engine only (the
+    // constant gpu_memory_utilization does not clutter the heading).
+    let headings: Vec<&str> = result_tables.iter().map(|t| t.heading.as_str()).collect();
+    assert!(
+        headings.contains(&"3.1 Qwen 3 14B（10K → 0.8K，FP8） · vllm"),
+        "{headings:?}"
+    );
+    assert!(
+        headings.contains(&"3.2 Qwen 3 14B（10K → 0.8K，FP8） · sglang"),
+        "{headings:?}"
+    );
+    let mut unique = headings.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), headings.len());
+    // Only the header in the CSV: it lists finished cells.
+    assert_eq!(
+        std::fs::read_to_string(&files.csv).unwrap().lines().count(),
+        1
+    );
+}

@@ -225,11 +225,11 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
     let mut warnings = Vec::new();
     let mut done_cells: Vec<(&ServerPlan, &CellPlan, &CellResult)> = Vec::new();
 
-    let siblings = |s: &ServerPlan| {
+    let siblings = |s: &ServerPlan| -> Vec<&ServerPlan> {
         plan.servers
             .iter()
             .filter(|o| o.model == s.model && o.precision == s.precision)
-            .count()
+            .collect()
     };
 
     for server in &plan.servers {
@@ -296,10 +296,18 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
             format::kilo(model.output_tokens),
             inline_label
         );
-        if siblings(server) > 1 {
+        // Tables of the same model and precision are told apart by what differs between them only.
+        let sibs = siblings(server);
+        if sibs.iter().any(|o| o.engine != server.engine) {
             heading.push_str(&format!(" · {}", server.engine));
-            for p in &params {
-                heading.push_str(&format!(" · {p}"));
+        }
+        for (k, v) in server
+            .vars
+            .iter()
+            .filter(|(k, _)| !AXES.contains(&k.as_str()))
+        {
+            if sibs.iter().any(|o| o.vars.get(k) != Some(v)) {
+                heading.push_str(&format!(" · {k}={v}"));
             }
         }
         let chart_key = (server.model.clone(), server.precision.clone());
