@@ -352,14 +352,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
             model_name: model.name.clone(),
             precision: server.precision.clone(),
             precision_label: inline_label,
-            checkpoint: exp.models[&server.model].precisions[&server.precision]
-                .name
-                .clone()
-                .unwrap_or_else(|| {
-                    exp.models[&server.model].precisions[&server.precision]
-                        .path
-                        .clone()
-                }),
+            checkpoint: checkpoint_name(model, &server.precision),
             engine: server.engine.clone(),
             engine_label,
             server_id: server.id.clone(),
@@ -471,6 +464,16 @@ pub fn record<'a>(report: &'a Report, model: &'a ModelInfo) -> Record<'a> {
         model_sections,
         model_ratios,
     }
+}
+
+/// The checkpoint's display name (or its path); the plan only has precisions the model defines, so the
+/// fallback to the bare precision key never shows in practice.
+fn checkpoint_name(model: &crate::experiment::Model, precision: &str) -> String {
+    model
+        .precisions
+        .get(precision)
+        .map(|c| c.name.clone().unwrap_or_else(|| c.path.clone()))
+        .unwrap_or_else(|| precision.to_string())
 }
 
 fn section_number(i: usize) -> String {
@@ -874,10 +877,7 @@ fn model_infos(
         let label = |p: &str| format::precision_labels(p).0;
         let checkpoints = precisions
             .iter()
-            .map(|p| {
-                let c = &model.precisions[*p];
-                format!("{}={}", label(p), c.name.as_deref().unwrap_or(&c.path))
-            })
+            .map(|p| format!("{}={}", label(p), checkpoint_name(model, p)))
             .collect::<Vec<_>>()
             .join("；");
         let times = precisions
