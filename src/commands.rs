@@ -1,5 +1,6 @@
 //! One function per subcommand; each returns the exit code or an error for the printer in `cli`.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -77,6 +78,39 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
-pub fn report(_file: &Path) -> anyhow::Result<i32> {
-    anyhow::bail!("not built yet")
+/// Re-renders the report from stored results only; nothing is started. A results directory that does
+/// not exist yet is a usage error (exit 2): there is nothing to report, and rendering an all-pending
+/// report would only hide the mistake (wrong file, or a run that never happened).
+pub fn report(file: &Path) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(file, &[])?;
+    let store = Store::new(&exp.results_dir);
+    if !store.root.is_dir() {
+        return Err(Failure::bad_input(format!(
+            "no results at {}\n  help: run `runner {}` first; the report is rendered from its results",
+            store.root.display(),
+            file.display()
+        ))
+        .into());
+    }
+    let files = crate::report::render_all(&exp, &plan, &store)
+        .with_context(|| format!("rendering the report of {}", file.display()))?;
+    let mut out = std::io::stdout().lock();
+    let mut lines = vec![files.summary.display().to_string()];
+    lines.extend(files.records.iter().map(|p| p.display().to_string()));
+    lines.push(format!(
+        "{} ({} charts)",
+        store.root.join("report").join("charts").display(),
+        files.charts.len()
+    ));
+    lines.push(files.csv.display().to_string());
+    for line in lines {
+        writeln!(out, "{line}").context("writing to stdout")?;
+    }
+    if files.warnings > 0 || files.missing > 0 {
+        eprintln!(
+            "note: {} warning(s) next to numbers, {} cell(s) without a result",
+            files.warnings, files.missing
+        );
+    }
+    Ok(exit::OK)
 }

@@ -247,3 +247,47 @@ impl Store {
 pub fn now_rfc3339() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
+
+pub const ENVIRONMENT_FILE: &str = "environment.json";
+pub const SERVER_FILE: &str = "server.json";
+
+/// Reads one JSON record; a missing file is `None`, an unreadable one an error naming the file.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ));
+        }
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+impl Store {
+    /// The last failure recorded for a cell, if any.
+    pub fn read_failure(&self, cell: &CellPlan) -> std::io::Result<Option<CellFailure>> {
+        read_json(&self.cell_dir(cell).join(FAILURE_FILE))
+    }
+
+    /// A server configuration's lifecycle record, if it was started at least once.
+    pub fn read_server(&self, server: &ServerPlan) -> std::io::Result<Option<ServerRecord>> {
+        read_json(&self.server_dir(server).join(SERVER_FILE))
+    }
+
+    /// Writes `environment.json` (the orchestrator does this at the start of a run).
+    pub fn write_environment(&self, env: &crate::envinfo::Environment) -> std::io::Result<()> {
+        write_json(&self.root.join(ENVIRONMENT_FILE), env)
+    }
+
+    pub fn read_environment(&self) -> std::io::Result<Option<crate::envinfo::Environment>> {
+        read_json(&self.root.join(ENVIRONMENT_FILE))
+    }
+}

@@ -1,4 +1,5 @@
-//! The one integration-test binary (see STYLE: one binary, helper modules).
+//! The one integration-test binary (see STYLE: one binary, helper modules), one module per area.
 
 mod common;
 mod experiment;
+mod report;

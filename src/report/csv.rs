@@ -1,0 +1,165 @@
+//! `cells.csv`: one row per stored cell result, for pandas or Excel.
+//!
+//! Invariant: the columns are stable. [`CORE_COLUMNS`] come first, always, in this order (a new column is
+//! only ever appended to it); then one `var.NAME` column per extra matrix variable found in the results,
+//! sorted by name. Numbers are written with full precision (the report rounds, the CSV does not); a value
+//! that does not exist is an empty field.
+
+use crate::store::CellResult;
+
+/// The fixed leading columns. Times are milliseconds, throughputs per second, rates 0..1.
+pub const CORE_COLUMNS: &[&str] = &[
+    "id",
+    "server_id",
+    "model",
+    "precision",
+    "engine",
+    "concurrency",
+    "requests",
+    "succeeded",
+    "failed",
+    "duration_s",
+    "qps",
+    "prompt_tps",
+    "decode_tps",
+    "ttft_mean_ms",
+    "ttft_median_ms",
+    "ttft_p99_ms",
+    "tpot_mean_ms",
+    "tpot_median_ms",
+    "tpot_p99_ms",
+    "itl_mean_ms",
+    "itl_p99_ms",
+    "e2e_mean_ms",
+    "e2e_median_ms",
+    "e2e_p99_ms",
+    "queue_mean_ms",
+    "output_tokens_per_s",
+    "total_tokens_per_s",
+    "goodput_rps",
+    "input_tokens_expected",
+    "input_tokens_mean",
+    "input_tokens_mismatched",
+    "output_tokens_expected",
+    "output_tokens_mean",
+    "output_tokens_mismatched",
+    "output_tokens_unknown",
+    "prefix_cache_hit_rate",
+    "client_lag_p99_ms",
+    "client_peak_inflight",
+    "client_saturated",
+    "engine_version",
+    "command",
+    "started_at",
+    "finished_at",
+    "hash",
+];
+
+/// Variables that already have a core column.
+const CORE_VARS: &[&str] = &["model", "precision", "engine", "concurrency"];
+
+/// The CSV bytes for `cells`, in the order given.
+pub fn to_csv(cells: &[&CellResult]) -> anyhow::Result<Vec<u8>> {
+    let mut extra: Vec<&str> = cells
+        .iter()
+        .flat_map(|c| c.vars.keys().map(String::as_str))
+        .filter(|k| !CORE_VARS.contains(k))
+        .collect();
+    extra.sort_unstable();
+    extra.dedup();
+
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    let header: Vec<String> = CORE_COLUMNS
+        .iter()
+        .map(|c| c.to_string())
+        .chain(extra.iter().map(|k| format!("var.{k}")))
+        .collect();
+    w.write_record(&header)?;
+    for cell in cells {
+        let mut record = core_fields(cell);
+        record.extend(
+            extra
+                .iter()
+                .map(|k| cell.vars.get(*k).map(|v| v.to_string()).unwrap_or_default()),
+        );
+        w.write_record(&record)?;
+    }
+    Ok(w.into_inner().map_err(|e| e.into_error())?)
+}
+
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        x.to_string()
+    } else {
+        String::new()
+    }
+}
+
+fn opt<T: ToString>(x: Option<T>) -> String {
+    x.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn core_fields(c: &CellResult) -> Vec<String> {
+    let s = &c.summary;
+    let concurrency = c
+        .vars
+        .get("concurrency")
+        .map(|v| v.to_string())
+        .or_else(|| {
+            c.load
+                .get("concurrency")
+                .map(|v| v.to_string().trim_matches('"').to_string())
+        })
+        .unwrap_or_default();
+    let fields = vec![
+        c.id.clone(),
+        c.server_id.clone(),
+        c.model.clone(),
+        c.precision.clone(),
+        c.engine.clone(),
+        concurrency,
+        s.requests.to_string(),
+        s.succeeded.to_string(),
+        s.failed.to_string(),
+        num(s.duration_s),
+        num(s.qps),
+        num(s.prompt_tps),
+        num(s.decode_tps),
+        num(s.ttft_ms.mean),
+        num(s.ttft_ms.median),
+        num(s.ttft_ms.p99),
+        num(s.tpot_ms.mean),
+        num(s.tpot_ms.median),
+        num(s.tpot_ms.p99),
+        num(s.itl_ms.mean),
+        num(s.itl_ms.p99),
+        num(s.e2e_ms.mean),
+        num(s.e2e_ms.median),
+        num(s.e2e_ms.p99),
+        num(s.queue_ms.mean),
+        num(s.output_tokens_per_s),
+        num(s.total_tokens_per_s),
+        opt(s.goodput_rps.filter(|g| g.is_finite())),
+        s.input_tokens.expected.to_string(),
+        opt(s.input_tokens.mean.filter(|m| m.is_finite())),
+        s.input_tokens.mismatched.to_string(),
+        s.output_tokens.expected.to_string(),
+        opt(s.output_tokens.mean.filter(|m| m.is_finite())),
+        s.output_tokens.mismatched.to_string(),
+        s.output_tokens.unknown.to_string(),
+        opt(c
+            .server_metrics
+            .prefix_cache_hit_rate
+            .filter(|r| r.is_finite())),
+        num(s.client.lag_ms_p99),
+        s.client.peak_inflight.to_string(),
+        s.client.saturated.to_string(),
+        opt(c.engine_version.as_deref().map(str::trim)),
+        c.command.clone(),
+        c.started_at.clone(),
+        c.finished_at.clone(),
+        c.hash.clone(),
+    ];
+    debug_assert_eq!(fields.len(), CORE_COLUMNS.len());
+    fields
+}

@@ -1,0 +1,796 @@
+//! The report from stored results: the golden test against the seed documents, missing and failed cells,
+//! warnings, ratio tables, charts, CSV, custom templates and their errors, `runner report`, and
+//! environment capture with a fake `nvidia-smi`.
+
+use std::path::{Path, PathBuf};
+
+use runner::experiment::{self, Experiment};
+use runner::plan::{self, Plan};
+use runner::report;
+use runner::store::{CellFailure, CellResult, Store};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report")
+}
+
+fn seed_doc(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/seeds")
+        .join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the seed {} must be readable: {e}", path.display()))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A results directory holding the seed's measurements, and the experiment pointing at it.
+struct Campaign {
+    _tmp: tempfile::TempDir,
+    file: PathBuf,
+    exp: Experiment,
+    plan: Plan,
+    store: Store,
+}
+
+impl Campaign {
+    /// `extra` is appended to the fixture experiment file (e.g. a `[report]` table).
+    fn new(extra: &str) -> Campaign {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results");
+        copy_dir(&fixture_dir().join("results"), &results);
+        let text = std::fs::read_to_string(fixture_dir().join("seed.toml"))
+            .unwrap()
+            .replace(
+                "results_dir = \"results/seed\"",
+                &format!("results_dir = {:?}", results.display().to_string()),
+            );
+        let file = tmp.path().join("seed.toml");
+        std::fs::write(&file, format!("{text}\n{extra}")).unwrap();
+        let exp = experiment::load(&file).unwrap_or_else(|d| panic!("{d}"));
+        let plan = plan::expand(&exp).unwrap_or_else(|d| panic!("{d}"));
+        let store = Store::new(&exp.results_dir);
+        Campaign {
+            _tmp: tmp,
+            file,
+            exp,
+            plan,
+            store,
+        }
+    }
+
+    fn render(&self) -> report::ReportFiles {
+        report::render_all(&self.exp, &self.plan, &self.store).unwrap()
+    }
+
+    fn summary(&self) -> String {
+        self.render();
+        std::fs::read_to_string(self.store.root.join("report/summary.zh.md")).unwrap()
+    }
+
+    fn cell_dir(&self, id: &str) -> PathBuf {
+        self.store.root.join("cells").join(id)
+    }
+
+    fn edit_result(&self, id: &str, edit: impl FnOnce(&mut CellResult)) {
+        let path = self.cell_dir(id).join("result.json");
+        let mut cell: CellResult =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut cell);
+        std::fs::write(&path, serde_json::to_string(&cell).unwrap()).unwrap();
+    }
+}
+
+/// A markdown table with the heading it sits under.
+#[derive(Debug)]
+struct MdTable {
+    heading: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl MdTable {
+    fn column(&self, name: &str) -> Option<usize> {
+        self.header.iter().position(|h| h == name)
+    }
+
+    fn row(&self, concurrency: &str) -> Option<&Vec<String>> {
+        self.rows.iter().find(|r| r[0] == concurrency)
+    }
+
+    /// The heading's number: `3.1` of `### 3.1 Qwen 3 14B（…）`.
+    fn number(&self) -> &str {
+        self.heading.split_whitespace().next().unwrap_or("")
+    }
+}
+
+/// Cells of a table row, split on `|` that is not escaped.
+fn split_row(line: &str) -> Vec<String> {
+    let inner = line.trim().trim_start_matches('|');
+    let inner = inner.strip_suffix('|').unwrap_or(inner);
+    let mut cells = vec![String::new()];
+    let mut escaped = false;
+    for c in inner.chars() {
+        match c {
+            '|' if !escaped => cells.push(String::new()),
+            _ => cells.last_mut().unwrap().push(c),
+        }
+        escaped = c == '\\';
+    }
+    cells.into_iter().map(|c| c.trim().to_string()).collect()
+}
+
+fn tables(md: &str) -> Vec<MdTable> {
+    let mut out: Vec<MdTable> = Vec::new();
+    let mut heading = String::new();
+    let mut in_table = false;
+    for line in md.lines() {
+        if let Some(h) = line.strip_prefix("### ") {
+            heading = h.trim().to_string();
+            in_table = false;
+        } else if line.starts_with('|') {
+            let cells = split_row(line);
+            if !in_table {
+                out.push(MdTable {
+                    heading: heading.clone(),
+                    header: cells,
+                    rows: Vec::new(),
+                });
+                in_table = true;
+            } else if !cells[0].starts_with("---") {
+                out.last_mut().unwrap().rows.push(cells);
+            }
+        } else {
+            in_table = false;
+        }
+    }
+    out
+}
+
+/// The columns the seed's tables share with ours, compared as printed.
+const NUMERIC: &[&str] = &[
+    "并发",
+    "QPS",
+    "Prompt TPS (token/s)",
+    "Decode TPS (token/s)",
+    "TTFT (ms)",
+    "E2E (ms)",
+    "TPOT (ms)",
+    "实际 Input tokens",
+    "实际 Output tokens",
+];
+
+/// Asserts that every row of `seed` appears in `ours` (same concurrency) with the same printed numbers in
+/// every numeric column the seed has, and that `ours` has no other rows.
+fn assert_rows_equal(seed: &MdTable, ours: &MdTable) {
+    assert_eq!(
+        seed.rows.len(),
+        ours.rows.len(),
+        "row count of {} vs {}",
+        seed.heading,
+        ours.heading
+    );
+    for seed_row in &seed.rows {
+        let ours_row = ours
+            .row(&seed_row[0])
+            .unwrap_or_else(|| panic!("{}: no row for c={}", ours.heading, seed_row[0]));
+        let mut compared = 0;
+        for name in NUMERIC {
+            let Some(si) = seed.column(name) else {
+                continue;
+            };
+            let oi = ours
+                .column(name)
+                .unwrap_or_else(|| panic!("our table lacks column {name}: {:?}", ours.header));
+            let value = seed_row[si].as_str();
+            assert!(value.parse::<f64>().is_ok(), "seed value {value:?}");
+            // Our cell may carry a warning marker after the number.
+            let ours_value = ours_row[oi].split_whitespace().next().unwrap_or("");
+            assert_eq!(
+                ours_value, value,
+                "{} c={} column {name}",
+                ours.heading, seed_row[0]
+            );
+            compared += 1;
+        }
+        assert!(compared >= 7, "compared only {compared} columns");
+    }
+}
+
+#[test]
+fn golden_summary_rows_equal_the_seed_number_for_number() {
+    let campaign = Campaign::new("");
+    let ours = tables(&campaign.summary());
+    let seed = tables(&seed_doc("summary-report.zh.md"));
+    assert_eq!(seed.len(), 5, "the seed summary has five result tables");
+    for seed_table in &seed {
+        let number = seed_table.number();
+        let ours_table = ours
+            .iter()
+            .find(|t| t.number() == number)
+            .unwrap_or_else(|| panic!("no table {number} in our summary"));
+        // Same model in the heading (the seed writes e.g. `3.1 Qwen 3 14B（10K → 0.8K，FP8）`).
+        let model = seed_table.heading[number.len()..]
+            .split('（')
+            .next()
+            .unwrap()
+            .trim();
+        assert!(
+            ours_table.heading.contains(model),
+            "{} vs {}",
+            ours_table.heading,
+            seed_table.heading
+        );
+        assert_rows_equal(seed_table, ours_table);
+    }
+}
+
+#[test]
+fn golden_record_rows_equal_the_seed_record() {
+    let campaign = Campaign::new("");
+    let files = campaign.render();
+    let record = files
+        .records
+        .iter()
+        .find(|p| p.ends_with("records/qwen3-14b.zh.md"))
+        .expect("a record for qwen3-14b");
+    let text = std::fs::read_to_string(record).unwrap();
+    let ours = tables(&text);
+    let seed = tables(&seed_doc("model-record-qwen3-14b.zh.md"));
+    assert_eq!(seed.len(), 2);
+    for (seed_table, ours_table) in seed.iter().zip(&ours) {
+        assert!(ours_table.heading.starts_with(&seed_table.heading));
+        assert_rows_equal(seed_table, ours_table);
+    }
+    // The record's settings come from the experiment and the results.
+    assert!(text.contains("FP8=Qwen/Qwen3-14B-FP8；FP4（NVFP4）=RedHatAI/Qwen3-14B-NVFP4"));
+    assert!(
+        text.contains("FP8=2025-12-18 10:39:40 +08:00；FP4（NVFP4）=2025-12-18 11:28:39 +08:00")
+    );
+    assert!(
+        text.contains("GPU Driver：NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08")
+    );
+    assert!(text.contains("](../charts/qwen3-14b-fp8.svg)"));
+}
+
+#[test]
+fn remarks_carry_engine_version_command_and_explicit_caps() {
+    let campaign = Campaign::new("");
+    let ours = tables(&campaign.summary());
+    let remark = |number: &str, c: &str| {
+        let t = ours.iter().find(|t| t.number() == number).unwrap();
+        t.row(c).unwrap()[t.column("备注").unwrap()].clone()
+    };
+    let r = remark("3.1", "1");
+    assert!(r.starts_with("vLLM 0.12.0；2 req / c=1"), "{r}");
+    assert!(
+        r.contains("server：`vllm serve /mnt/data/models/Qwen_Qwen3-14B-FP8 --enforce-eager --enable-prefix-caching --max-model-len 10928 --gpu-memory-utilization 0.90 --port 8005`"),
+        "{r}"
+    );
+    assert!(remark("3.3", "1").starts_with("SGLang 0.5.6.post2"));
+    assert!(remark("3B.2", "40").contains("max_inflight=24"));
+    assert!(!remark("3B.2", "10").contains("max_inflight"));
+}
+
+#[test]
+fn high_prefix_cache_hit_rates_are_flagged_beside_the_number() {
+    let campaign = Campaign::new("");
+    let md = campaign.summary();
+    let ours = tables(&md);
+    let t = ours.iter().find(|t| t.number() == "3.1").unwrap();
+    let col = t.column("Prefix cache 命中率").unwrap();
+    assert_eq!(t.row("1").unwrap()[col], "49.92% ⚠");
+    assert_eq!(t.row("40").unwrap()[col], "99.01% ⚠");
+    // No counters recorded: no number, no warning.
+    let t = ours.iter().find(|t| t.number() == "3B.1").unwrap();
+    assert_eq!(t.row("10").unwrap()[col], "—");
+    assert!(md.contains("> ⚠ c=10：前缀缓存命中率 96.62% 高于阈值 10.00%"));
+    // The threshold is the experiment's.
+    let relaxed = Campaign::new("[report]\nprefix_cache_warn_above = 0.995\n");
+    let md = relaxed.summary();
+    assert!(md.contains("| 99.01% |"), "99.01% is below 99.5%");
+    assert!(!md.contains("前缀缓存命中率 99.01%"));
+}
+
+#[test]
+fn output_mismatch_failures_and_client_saturation_are_flagged() {
+    let campaign = Campaign::new("");
+    campaign.edit_result("qwen3-14b/nvfp4/vllm/c40", |c| {
+        let s = &mut c.summary;
+        s.output_tokens.exact = 115;
+        s.output_tokens.mismatched = 3;
+        s.output_tokens.unknown = 2;
+        s.output_tokens.min = Some(640);
+        s.failed = 2;
+        s.errors.insert("http_500".into(), 2);
+        s.client.saturated = true;
+        s.client.lag_ms_p99 = 85.0;
+    });
+    let md = campaign.summary();
+    let ours = tables(&md);
+    let t = ours.iter().find(|t| t.number() == "3B.1").unwrap();
+    let row = t.row("40").unwrap();
+    let cell = |name: &str| row[t.column(name).unwrap()].clone();
+    assert_eq!(cell("QPS"), "1.938 ⚠");
+    assert_eq!(cell("TTFT (ms)"), "147.213 ⚠");
+    assert_eq!(cell("TPOT (ms)"), "25.608 ⚠");
+    assert_eq!(cell("输出长度核对"), "115/120 ⚠");
+    assert_eq!(cell("实际 Output tokens"), "640–800");
+    // Unflagged rows keep plain numbers and a clean check.
+    let clean = t.row("10").unwrap();
+    assert_eq!(clean[t.column("QPS").unwrap()], "0.637");
+    assert_eq!(clean[t.column("输出长度核对").unwrap()], "✓ 30/30");
+    for text in [
+        "c=40：输出长度不符：3 个请求的输出不是 800 tokens（实际 640–800），2 个请求未报告 usage",
+        "c=40：失败请求 2/120（http_500×2）",
+        "c=40：客户端饱和（调度延迟 p99 85.000 ms",
+    ] {
+        assert!(md.contains(text), "missing warning {text}");
+    }
+}
+
+#[test]
+fn cells_without_results_are_shown_as_failed_or_pending() {
+    let campaign = Campaign::new("");
+    // A failed cell: result gone, failure recorded. A pending one: nothing at all.
+    let failed = campaign.cell_dir("qwen3-14b/nvfp4/vllm/c200");
+    std::fs::remove_file(failed.join("result.json")).unwrap();
+    let failure = CellFailure {
+        id: "qwen3-14b/nvfp4/vllm/c200".into(),
+        hash: "x".into(),
+        server_id: "qwen3-14b/nvfp4/vllm".into(),
+        reason: "server exited with status 1 (CUDA out of memory)".into(),
+        log_tail: vec![],
+        at: "2025-12-18T12:00:00+08:00".into(),
+    };
+    std::fs::write(
+        failed.join("failure.json"),
+        serde_json::to_string(&failure).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(campaign.cell_dir("qwen3-32b/fp8/vllm/c40")).unwrap();
+
+    let files = campaign.render();
+    assert_eq!(files.missing, 2);
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    let ours = tables(&md);
+    let t = ours.iter().find(|t| t.number() == "3B.1").unwrap();
+    let row = t.row("200").expect("the failed cell keeps its row");
+    assert_eq!(row[t.column("QPS").unwrap()], "失败");
+    assert_eq!(row[t.column("TTFT (ms)").unwrap()], "—");
+    assert!(
+        row[t.column("备注").unwrap()]
+            .starts_with("失败：server exited with status 1 (CUDA out of memory)")
+    );
+    let t = ours.iter().find(|t| t.number() == "3.2").unwrap();
+    assert_eq!(t.rows.len(), 3);
+    let row = t.row("40").expect("the pending cell keeps its row");
+    assert_eq!(row[t.column("QPS").unwrap()], "未完成");
+    assert!(row[t.column("备注").unwrap()].contains("--port $PORT"));
+    assert!(md.contains("完成 10/12 个测试点，1 个失败，1 个未完成"));
+    // The CSV has only finished cells.
+    let csv = std::fs::read_to_string(&files.csv).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 10);
+}
+
+#[test]
+fn results_from_changed_settings_are_shown_and_flagged() {
+    let campaign = Campaign::new("");
+    campaign.edit_result("qwen3-14b/fp8/vllm/c10", |c| c.hash = "000000000000".into());
+    let md = campaign.summary();
+    let ours = tables(&md);
+    let t = ours.iter().find(|t| t.number() == "3.1").unwrap();
+    let row = t.row("10").unwrap();
+    assert_eq!(row[t.column("QPS").unwrap()], "0.486");
+    assert!(row[t.column("备注").unwrap()].contains("⚠ 旧设置的结果"));
+    assert!(md.contains("c=10：此结果来自不同的设置"));
+}
+
+#[test]
+fn ratio_tables_compare_precisions_at_equal_concurrency() {
+    let campaign = Campaign::new("");
+    let ours = tables(&campaign.summary());
+    let t = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 14B：NVFP4 / FP8"))
+        .expect("a 14B NVFP4/FP8 ratio table");
+    // FP8 ran at 1/10/40, NVFP4 at 10/40/200: only 10 and 40 compare.
+    let concs: Vec<&str> = t.rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(concs, ["10", "40"]);
+    let qps = t.column("QPS").unwrap();
+    assert_eq!(t.row("10").unwrap()[qps], "1.311×"); // 0.637 / 0.486
+    assert_eq!(t.row("40").unwrap()[qps], "1.193×"); // 1.938 / 1.625
+    let ttft = t.column("TTFT").unwrap();
+    assert_eq!(t.row("40").unwrap()[ttft], "1.585×"); // 147.213 / 92.907
+    assert_eq!(t.row("40").unwrap()[t.column("说明").unwrap()], "");
+    // The seed's 32B NVFP4 point at 40 was capped at 24 in flight: the ratio says so.
+    let t = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 32B：NVFP4 / FP8"))
+        .unwrap();
+    assert_eq!(
+        t.row("40").unwrap()[t.column("说明").unwrap()],
+        "⚠ 负载设置不同：max_inflight=24 vs 无"
+    );
+    assert_eq!(t.row("10").unwrap()[t.column("说明").unwrap()], "");
+    // The 72B model has one precision: nothing to compare.
+    assert!(!ours.iter().any(|t| t.heading.starts_with("Qwen 2.5 72B：")));
+}
+
+#[test]
+fn charts_are_svg_per_model_and_precision_and_linked() {
+    let campaign = Campaign::new("");
+    let files = campaign.render();
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    let mut names: Vec<String> = files
+        .charts
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "qwen25-72b-fp8.svg",
+            "qwen3-14b-fp8.svg",
+            "qwen3-14b-nvfp4.svg",
+            "qwen3-32b-fp8.svg",
+            "qwen3-32b-nvfp4.svg"
+        ]
+    );
+    for path in &files.charts {
+        let svg = std::fs::read_to_string(path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("TTFT mean (ms)"));
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert!(
+            md.contains(&format!("](charts/{name})")),
+            "{name} not linked"
+        );
+    }
+    // Three 14B FP8 points in each of the three panels.
+    let svg = std::fs::read_to_string(files.report_dir().join("charts/qwen3-14b-fp8.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 9);
+}
+
+trait ReportDir {
+    fn report_dir(&self) -> PathBuf;
+}
+
+impl ReportDir for report::ReportFiles {
+    fn report_dir(&self) -> PathBuf {
+        self.summary.parent().unwrap().to_path_buf()
+    }
+}
+
+#[test]
+fn csv_has_stable_core_columns_then_sorted_variables() {
+    let campaign = Campaign::new("");
+    let files = campaign.render();
+    let mut reader = csv::Reader::from_path(&files.csv).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let core: Vec<&str> = report::csv::CORE_COLUMNS.to_vec();
+    assert_eq!(&header[..core.len()], core.as_slice());
+    // Extra variables after the core columns, sorted: only max_inflight and requests vary here.
+    assert_eq!(&header[core.len()..], ["var.max_inflight", "var.requests"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 12);
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    // Plan order: the first server's first cell.
+    assert_eq!(&rows[0][col("id")], "qwen3-14b/fp8/vllm/c1");
+    let capped = rows
+        .iter()
+        .find(|r| &r[col("id")] == "qwen3-32b/nvfp4/vllm/c40")
+        .unwrap();
+    assert_eq!(&capped[col("var.max_inflight")], "24");
+    assert_eq!(&capped[col("concurrency")], "40");
+    assert_eq!(capped[col("qps")].parse::<f64>().unwrap(), 0.587);
+    assert_eq!(&rows[0][col("prefix_cache_hit_rate")], "0.4992");
+    assert_eq!(&rows[0][col("engine_version")], "0.12.0");
+}
+
+#[test]
+fn summary_sections_and_environment_follow_the_seed() {
+    let campaign = Campaign::new("");
+    let md = campaign.summary();
+    for heading in [
+        "## 1) 测试概览",
+        "## 2) 指标说明（读表指南）",
+        "## 3) FP8 结果汇总",
+        "## 3B) FP4（NVFP4） 结果补充",
+        "## 3C) 精度对比（比值）",
+        "## 3D) NVFP（NVFP4）特性简介",
+        "## 4) 结果解读（面向客户的要点）",
+        "## 5) Azure 上的 GPU VM 与环境简介（概述）",
+        "## 6) 数据来源（原始记录）",
+    ] {
+        assert!(md.contains(heading), "missing {heading}");
+    }
+    // The seed's GPU line, now from environment.json, and VM facts from the experiment file.
+    let seed = seed_doc("summary-report.zh.md");
+    let gpu_line = "- GPU Driver：NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08";
+    assert!(seed.contains(gpu_line) && md.contains(gpu_line));
+    assert!(md.contains("**Standard_NC128ds_xl_RTXPRO6000BSE_v6**"));
+    assert!(md.contains("  - 128 vCPU"));
+    assert!(md.contains("[records/qwen3-14b.zh.md](records/qwen3-14b.zh.md)"));
+    // Our glossary states the definitions, including the naming clash between tools.
+    assert!(
+        md.contains("TPOT**（ms）：每输出 token 的平均耗时 =（E2E − TTFT）/（输出 tokens − 1）")
+    );
+    assert!(md.contains("GuideLLM 的 TPOT 包含 TTFT"));
+    // No template syntax leaks into the output.
+    assert!(!md.contains("{{") && !md.contains("{%"));
+}
+
+#[test]
+fn custom_templates_are_used_and_their_errors_name_file_line_and_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.tera");
+    std::fs::write(
+        &good,
+        "{{ title }}\n{% for s in sections %}{% for t in s.tables %}{{ t.number }}={{ t.rows | length }}\n{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let campaign = Campaign::new(&format!(
+        "[report]\nsummary_template = {:?}\n",
+        good.display().to_string()
+    ));
+    let md = campaign.summary();
+    assert_eq!(
+        md,
+        "Azure NC RTX Pro 6000 FP8 / NVFP4推理测试汇总\n3.1=3\n3.2=3\n3.3=1\n3B.1=3\n3B.2=2\n"
+    );
+
+    let bad = dir.path().join("bad.tera");
+    std::fs::write(
+        &bad,
+        "# {{ title }}\n\n{% for s in sections %}{{ s.no_such_field }}{% endfor %}\n",
+    )
+    .unwrap();
+    let mut exp = campaign.exp.clone();
+    exp.report.summary_template = Some(bad.clone());
+    let err = report::render_all(&exp, &campaign.plan, &campaign.store).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&bad.display().to_string()), "{msg}");
+    assert!(msg.contains("line 3"), "{msg}");
+    assert!(msg.contains("s.no_such_field"), "{msg}");
+    // Nothing was overwritten by the failed render.
+    let after = std::fs::read_to_string(campaign.store.root.join("report/summary.zh.md")).unwrap();
+    assert_eq!(after, md);
+}
+
+#[test]
+fn runner_report_renders_without_running_anything() {
+    let campaign = Campaign::new("");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("report")
+        .arg(&campaign.file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("summary.zh.md") && stdout.contains("cells.csv"));
+    assert!(
+        campaign
+            .store
+            .root
+            .join("report/records/qwen25-72b.zh.md")
+            .is_file()
+    );
+
+    // Without results there is nothing to report: a usage error, nothing written.
+    std::fs::remove_dir_all(&campaign.store.root).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("report")
+        .arg(&campaign.file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no results at"));
+    assert!(!campaign.store.root.exists());
+}
+
+mod envinfo {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use runner::envinfo::{Probe, capture_with};
+
+    fn script(dir: &Path, name: &str, body: &str) {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A search path with the fake tools first, then the system's (for git and sh).
+    fn probe(bin: &Path) -> Probe {
+        let system = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![bin.to_path_buf()];
+        dirs.extend(std::env::split_paths(&system));
+        Probe {
+            path: Some(std::env::join_paths(dirs).unwrap()),
+            timeout: None,
+        }
+    }
+
+    fn git(dir: &Path, args: &[&str]) {
+        let status = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "git {args:?}: {status:?}");
+    }
+
+    #[test]
+    fn fake_nvidia_smi_and_git_state_are_captured() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        script(
+            &bin,
+            "nvidia-smi",
+            "echo 'NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08, [N/A]'\n\
+             echo 'NVIDIA H100 80GB HBM3, 81559 MiB, 580.105.08, Enabled'",
+        );
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        let file = repo.join("exp.toml");
+        std::fs::write(&file, "title = \"x\"\n").unwrap();
+        git(&repo, &["init", "-q"]);
+        git(&repo, &["add", "exp.toml"]);
+        git(&repo, &["commit", "-q", "-m", "x"]);
+
+        let versions = BTreeMap::from([("vllm".to_string(), "0.12.0".to_string())]);
+        let env = capture_with(&file, &versions, &probe(&bin));
+        assert_eq!(env.gpus.len(), 2);
+        assert_eq!(
+            env.gpus[0].line(),
+            "NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08"
+        );
+        assert_eq!(env.gpus[0].mig_mode, None);
+        assert_eq!(env.gpus[1].mig_mode.as_deref(), Some("Enabled"));
+        assert_eq!(env.gpu_note, None);
+        assert_eq!(env.engine_versions["vllm"], "0.12.0");
+        assert_eq!(env.runner_version, env!("CARGO_PKG_VERSION"));
+        let commit = env.experiment.commit.clone().expect("a commit");
+        assert_eq!(commit.len(), 40);
+        assert_eq!(env.experiment.dirty, Some(false));
+        // The offset is part of the time: a reader must know the time zone.
+        assert!(chrono::DateTime::parse_from_rfc3339(&env.captured_at).is_ok());
+        assert!(env.captured_at_local.contains(':') && env.captured_at_local.len() >= 25);
+
+        // Local changes to the experiment file are recorded.
+        std::fs::write(&file, "title = \"y\"\n").unwrap();
+        let env = capture_with(&file, &versions, &probe(&bin));
+        assert_eq!(env.experiment.dirty, Some(true));
+        assert_eq!(env.experiment.commit.as_deref(), Some(commit.as_str()));
+
+        // The record round-trips through environment.json.
+        let store = runner::store::Store::new(tmp.path().join("results"));
+        store.write_environment(&env).unwrap();
+        assert_eq!(store.read_environment().unwrap(), Some(env));
+    }
+
+    #[test]
+    fn failing_or_missing_nvidia_smi_is_a_note_not_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        script(
+            &bin,
+            "nvidia-smi",
+            "echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.' >&2\nexit 9",
+        );
+        let file = tmp.path().join("exp.toml");
+        std::fs::write(&file, "").unwrap();
+        let env = capture_with(&file, &BTreeMap::new(), &probe(&bin));
+        assert!(env.gpus.is_empty());
+        let note = env.gpu_note.unwrap();
+        assert!(note.contains("could not communicate"), "{note}");
+        // Outside a git repository: no commit, and a note saying so.
+        assert_eq!(env.experiment.commit, None);
+        assert!(env.experiment.note.is_some());
+
+        // A search path without nvidia-smi.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let env = capture_with(
+            &file,
+            &BTreeMap::new(),
+            &Probe {
+                path: Some(empty.into_os_string()),
+                timeout: None,
+            },
+        );
+        assert!(env.gpus.is_empty());
+        assert!(env.gpu_note.unwrap().contains("not found"));
+    }
+
+    #[test]
+    fn a_hanging_nvidia_smi_is_given_up_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        script(tmp.path(), "nvidia-smi", "exec sleep 30");
+        let file = tmp.path().join("exp.toml");
+        std::fs::write(&file, "").unwrap();
+        let mut p = probe(tmp.path());
+        p.timeout = Some(std::time::Duration::from_millis(300));
+        let start = std::time::Instant::now();
+        let env = capture_with(&file, &BTreeMap::new(), &p);
+        assert!(env.gpu_note.unwrap().contains("did not answer in time"));
+        // Generous bound: only proves it did not wait for the full 30 s sleep.
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    }
+}
+
+#[test]
+fn a_campaign_without_results_lists_every_planned_cell_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/rtxpro6000.toml"),
+    )
+    .unwrap()
+    .replace(
+        "results_dir = \"results/rtxpro6000\"",
+        &format!("results_dir = {:?}", results.display().to_string()),
+    );
+    let file = tmp.path().join("rtxpro6000.toml");
+    std::fs::write(&file, text).unwrap();
+    let exp = experiment::load(&file).unwrap_or_else(|d| panic!("{d}"));
+    let plan = plan::expand(&exp).unwrap_or_else(|d| panic!("{d}"));
+    let store = Store::new(&exp.results_dir);
+    let files = report::render_all(&exp, &plan, &store).unwrap();
+    assert_eq!(files.missing, plan.cell_count());
+    assert!(files.charts.is_empty(), "no data, no charts");
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    let result_tables: Vec<MdTable> = tables(&md)
+        .into_iter()
+        .filter(|t| t.column("备注").is_some())
+        .collect();
+    let rows: usize = result_tables.iter().map(|t| t.rows.len()).sum();
+    assert_eq!(rows, plan.cell_count());
+    assert!(
+        result_tables
+            .iter()
+            .flat_map(|t| &t.rows)
+            .all(|r| r[1] == "未完成")
+    );
+    // vLLM and SGLang tables of one model and precision are told apart by the engine only (the
+    // constant gpu_memory_utilization does not clutter the heading).
+    let headings: Vec<&str> = result_tables.iter().map(|t| t.heading.as_str()).collect();
+    assert!(
+        headings.contains(&"3.1 Qwen 3 14B（10K → 0.8K，FP8） · vllm"),
+        "{headings:?}"
+    );
+    assert!(
+        headings.contains(&"3.2 Qwen 3 14B（10K → 0.8K，FP8） · sglang"),
+        "{headings:?}"
+    );
+    let mut unique = headings.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), headings.len());
+    // Only the header in the CSV: it lists finished cells.
+    assert_eq!(
+        std::fs::read_to_string(&files.csv).unwrap().lines().count(),
+        1
+    );
+}
