@@ -36,9 +36,6 @@ pub fn run(file: &Path, options: &RunOptions) -> anyhow::Result<i32> {
     }
     crate::store::write_atomic(&exp.results_dir.join("experiment.toml"), exp.source.as_bytes())
         .context("copying the experiment file into the results directory")?;
-    let environment = crate::envinfo::capture(&exp.file);
-    crate::store::write_json(&exp.results_dir.join("environment.json"), &environment)
-        .context("writing environment.json")?;
     let outcome = crate::run::execute(&exp, &plan, &store, options)?;
     eprintln!(
         "{} cell(s) run, {} already done, {} failed{}; results in {}",

@@ -58,6 +58,15 @@ async fn execute_async(exp: &Experiment, plan: &Plan, store: &Store, options: &R
     let signals = tokio::spawn(watch_signals(cancel.clone(), current.clone()));
 
     let reporter = Reporter::new(plan.cell_count() as u64);
+    // Engine versions once per engine, before any server starts: they label every result and the
+    // environment record, and a missing engine binary shows up in the first seconds.
+    let versions = engine_versions(exp, plan);
+    for (engine, version) in &versions {
+        reporter.line(format!("{engine}: {}", version.as_deref().unwrap_or("version unknown (version_command failed)")));
+    }
+    let known: std::collections::BTreeMap<String, String> =
+        versions.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
+    store.write_environment(&crate::envinfo::capture(&exp.file, &known)).context("writing environment.json")?;
     let client = LoadClient::new().context("creating the HTTP client")?;
     let mut outcome = Outcome::default();
     let n = plan.servers.len();
@@ -77,7 +86,8 @@ async fn execute_async(exp: &Experiment, plan: &Plan, store: &Store, options: &R
             continue;
         }
         reporter.line(format!("[{}/{n}] {}: {} cell(s) to run", i + 1, server.id, pending.len()));
-        let result = run_server(exp, server, &pending, store, &client, &reporter, &cancel, &current).await;
+        let version = versions.get(&server.engine).cloned().flatten();
+        let result = run_server(exp, server, &pending, store, &client, &reporter, &cancel, &current, version).await;
         outcome.cells_run += result.cells_ok;
         outcome.cells_failed += result.cells_failed;
         if result.server_failed {
@@ -142,12 +152,14 @@ async fn run_server(
     reporter: &Reporter,
     cancel: &CancellationToken,
     current: &Arc<Mutex<Option<KillHandle>>>,
+    engine_version: Option<String>,
 ) -> ServerResult {
     let engine = &exp.engines[&server.engine];
     let mut record = ServerRecord {
         id: server.id.clone(),
         hash: server.hash.clone(),
         engine: server.engine.clone(),
+        engine_version,
         started_at: now_rfc3339(),
         ..ServerRecord::default()
     };
@@ -316,7 +328,6 @@ async fn start_server(
             let rendered = server.render(exp, None).map_err(fail)?;
             record.command = format!("(already running at {})", rendered.base_url);
             record.base_url = rendered.base_url.clone();
-            record.engine_version = version(&rendered);
             reporter.phase(format!("{}: checking {}", server.id, rendered.base_url));
             let ready = server::attach(&rendered.base_url, &engine.ready_path, engine.ready_timeout, smoke_for(&rendered), cancel)
                 .await
@@ -340,7 +351,6 @@ async fn start_server(
             record.env = redacted_env(&rendered);
             record.base_url = rendered.base_url.clone();
             record.port = Some(port);
-            record.engine_version = version(&rendered);
             let spec = ServerSpec {
                 id: server.id.clone(),
                 argv: rendered.argv.clone(),
@@ -378,9 +388,18 @@ async fn start_server(
     }
 }
 
-fn version(rendered: &Rendered) -> Option<String> {
-    let cmd = rendered.version_command.as_deref()?;
-    server::engine_version(cmd, Duration::from_secs(60))
+/// Each engine's version, from its version command rendered for its first server configuration.
+fn engine_versions(exp: &Experiment, plan: &Plan) -> std::collections::BTreeMap<String, Option<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for server in &plan.servers {
+        if out.contains_key(&server.engine) {
+            continue;
+        }
+        let command = server.render(exp, None).ok().and_then(|r| r.version_command);
+        let version = command.and_then(|c| server::engine_version(&c, Duration::from_secs(120)));
+        out.insert(server.engine.clone(), version);
+    }
+    out
 }
 
 fn fail_cell(store: &Store, reporter: &Reporter, server: &ServerPlan, cell: &CellPlan, reason: &str, log_tail: &[String]) {
