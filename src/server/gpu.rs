@@ -92,7 +92,12 @@ impl GpuProbe {
     }
 
     /// Waits until the memory is released or `limit` passes; returns the seconds waited.
-    pub async fn wait_released(&self, ours: &[u32], baseline: Option<&[u64]>, limit: Duration) -> f64 {
+    pub async fn wait_released(
+        &self,
+        ours: &[u32],
+        baseline: Option<&[u64]>,
+        limit: Duration,
+    ) -> f64 {
         let start = Instant::now();
         while !self.released(ours, baseline).await && start.elapsed() < limit {
             tokio::time::sleep(POLL).await;
@@ -149,9 +154,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1200)).await;
             std::fs::write(apps, "").unwrap();
         });
-        let waited = probe.wait_released(&[4242], Some(&[500]), Duration::from_secs(30)).await;
+        let waited = probe
+            .wait_released(&[4242], Some(&[500]), Duration::from_secs(30))
+            .await;
         freer.await.unwrap();
-        assert!(waited >= 1.0, "returned before the memory was released: {waited}");
+        assert!(
+            waited >= 1.0,
+            "returned before the memory was released: {waited}"
+        );
         assert!(waited < 25.0, "did not notice the release: {waited}");
     }
 
@@ -161,18 +171,24 @@ mod tests {
         let probe = fake(dir.path());
         std::fs::write(dir.path().join("mem"), "40000\n").unwrap();
         std::fs::write(dir.path().join("apps"), "").unwrap();
-        let waited = probe.wait_released(&[1], Some(&[1000]), Duration::from_secs(1)).await;
+        let waited = probe
+            .wait_released(&[1], Some(&[1000]), Duration::from_secs(1))
+            .await;
         assert!(waited >= 1.0);
         // Within the slack is released at once.
         std::fs::write(dir.path().join("mem"), "1900\n").unwrap();
-        let waited = probe.wait_released(&[1], Some(&[1000]), Duration::from_secs(30)).await;
+        let waited = probe
+            .wait_released(&[1], Some(&[1000]), Duration::from_secs(30))
+            .await;
         assert!(waited < 5.0);
     }
 
     #[tokio::test]
     async fn a_broken_probe_counts_as_released() {
         let probe = GpuProbe::with_program("/nonexistent/nvidia-smi");
-        let waited = probe.wait_released(&[1], Some(&[0]), Duration::from_secs(30)).await;
+        let waited = probe
+            .wait_released(&[1], Some(&[0]), Duration::from_secs(30))
+            .await;
         assert!(waited < 5.0);
     }
 }

@@ -31,6 +31,10 @@
 //! - We never signal a process group that is not provably ours: groups are named by leader pid *and*
 //!   start time.
 
+// A start error happens at most once per server configuration and carries the log tail a person needs:
+// its size costs nothing worth boxing for.
+#![allow(clippy::result_large_err)]
+
 mod gpu;
 mod logs;
 mod pidfile;
@@ -339,7 +343,9 @@ pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, 
         "could not open the server log {}",
         spec.log_path.display()
     )))?;
-    let stderr_log = log.try_clone().map_err(io_err("could not share the server log".into()))?;
+    let stderr_log = log
+        .try_clone()
+        .map_err(io_err("could not share the server log".into()))?;
 
     // The memory in use before the server exists is what "released" means after it is gone.
     let gpu = GpuProbe::find();
@@ -477,7 +483,13 @@ impl Readiness<'_> {
     /// it with the deadline.
     async fn run(&self) -> SmokeOutcome {
         loop {
-            match self.client.get(&self.ready_url).timeout(POLL_TIMEOUT).send().await {
+            match self
+                .client
+                .get(&self.ready_url)
+                .timeout(POLL_TIMEOUT)
+                .send()
+                .await
+            {
                 Ok(resp) if resp.status().is_success() => break,
                 Ok(resp) => self.note(format!("HTTP {}", resp.status())),
                 Err(e) if e.is_connect() => self.note("connection refused".into()),
@@ -505,7 +517,10 @@ impl Readiness<'_> {
             return Err(fail(format!("HTTP {status}: {}", snippet(&text))));
         }
         if !has_answer(&text) {
-            return Err(fail(format!("no generated text in the answer: {}", snippet(&text))));
+            return Err(fail(format!(
+                "no generated text in the answer: {}",
+                snippet(&text)
+            )));
         }
         Ok(Some(started.elapsed().as_secs_f64()))
     }
@@ -533,16 +548,17 @@ impl Readiness<'_> {
         }
     }
 
-    fn timed_out(&self, started: Instant, log_path: Option<&Path>, log_tail: Vec<String>) -> StartError {
+    fn timed_out(
+        &self,
+        started: Instant,
+        log_path: Option<&Path>,
+        log_tail: Vec<String>,
+    ) -> StartError {
         StartError::ReadyTimeout {
             id: self.id.to_string(),
             after: started.elapsed().as_secs_f64(),
             url: self.ready_url.clone(),
-            last_seen: self
-                .last_seen
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default(),
+            last_seen: self.last_seen.lock().map(|s| s.clone()).unwrap_or_default(),
             log_path: log_path.map(Path::to_path_buf),
             log_tail,
         }
@@ -592,7 +608,10 @@ impl RunningServer {
     /// Polls the ready endpoint every 250 ms while watching the process, then sends the smoke request.
     /// Fails at once if the process exits, after `ready_timeout` (counted from the spawn), or when
     /// `cancel` fires. After an error the server may still run: call [`RunningServer::stop`].
-    pub async fn wait_ready(&mut self, cancel: &CancellationToken) -> Result<ReadyInfo, StartError> {
+    pub async fn wait_ready(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<ReadyInfo, StartError> {
         let probe = Readiness {
             id: &self.spec.id,
             client: &self.client,
@@ -665,13 +684,22 @@ impl RunningServer {
                 left = procs::wait_group_gone(pgid, KILL_WAIT, &mut reap).await;
             }
         }
-        let exit_status = self.child.try_wait().ok().flatten().map(|s| describe_status(&s));
+        let exit_status = self
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| describe_status(&s));
         let port_freed = self.spec.port == 0 || wait_port_free(self.spec.port, PORT_WAIT).await;
         let seconds = t0.elapsed().as_secs_f64();
         let gpu_wait_s = match &self.gpu {
             Some(probe) if !self.spec.gpu_release_timeout.is_zero() => Some(
                 probe
-                    .wait_released(&ours, self.gpu_baseline.as_deref(), self.spec.gpu_release_timeout)
+                    .wait_released(
+                        &ours,
+                        self.gpu_baseline.as_deref(),
+                        self.spec.gpu_release_timeout,
+                    )
                     .await,
             ),
             _ => None,
@@ -731,7 +759,12 @@ mod tests {
     fn command_line_quotes_what_a_shell_would_split() {
         let mut spec = ServerSpec {
             id: "s".into(),
-            argv: vec!["vllm".into(), "serve".into(), "/m/My Model".into(), "--x=1".into()],
+            argv: vec![
+                "vllm".into(),
+                "serve".into(),
+                "/m/My Model".into(),
+                "--x=1".into(),
+            ],
             shell: false,
             env: vec![],
             workdir: None,
@@ -755,16 +788,26 @@ mod tests {
     fn answers_with_text_or_tokens_count() {
         assert!(has_answer(r#"{"choices":[{"text":" world"}]}"#));
         assert!(has_answer(r#"{"choices":[{"message":{"content":"hi"}}]}"#));
-        assert!(has_answer(r#"{"choices":[{"text":""}],"usage":{"completion_tokens":1}}"#));
-        assert!(!has_answer(r#"{"choices":[{"text":""}],"usage":{"completion_tokens":0}}"#));
+        assert!(has_answer(
+            r#"{"choices":[{"text":""}],"usage":{"completion_tokens":1}}"#
+        ));
+        assert!(!has_answer(
+            r#"{"choices":[{"text":""}],"usage":{"completion_tokens":0}}"#
+        ));
         assert!(!has_answer(r#"{"choices":[]}"#));
         assert!(!has_answer("<html>"));
     }
 
     #[test]
     fn statuses_read_like_words() {
-        assert_eq!(describe_status(&ExitStatus::from_raw(3 << 8)), "exit code 3");
-        assert_eq!(describe_status(&ExitStatus::from_raw(9)), "killed by SIGKILL");
+        assert_eq!(
+            describe_status(&ExitStatus::from_raw(3 << 8)),
+            "exit code 3"
+        );
+        assert_eq!(
+            describe_status(&ExitStatus::from_raw(9)),
+            "killed by SIGKILL"
+        );
     }
 
     #[test]
@@ -779,7 +822,10 @@ mod tests {
             log_tail: vec!["a".into(), "CUDA out of memory".into()],
         };
         let msg = e.to_string();
-        assert!(msg.contains("exit code 3") && msg.contains("0.2 s"), "{msg}");
+        assert!(
+            msg.contains("exit code 3") && msg.contains("0.2 s"),
+            "{msg}"
+        );
         assert!(msg.contains("/r/servers/q/server.log"), "{msg}");
         assert!(msg.ends_with("last line: CUDA out of memory"), "{msg}");
         assert_eq!(e.log_tail().len(), 2);

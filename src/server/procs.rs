@@ -100,7 +100,11 @@ pub fn wait_group_gone_blocking(pgid: i32, limit: Duration) -> Vec<u32> {
 
 /// TERM to the group, up to `grace` for it to go, then KILL and up to `kill_wait` more. Returns whether
 /// KILL was needed and who survived even that.
-pub fn terminate_group_blocking(pgid: i32, grace: Duration, kill_wait: Duration) -> (bool, Vec<u32>) {
+pub fn terminate_group_blocking(
+    pgid: i32,
+    grace: Duration,
+    kill_wait: Duration,
+) -> (bool, Vec<u32>) {
     if group_members(pgid).is_empty() {
         return (false, Vec::new());
     }
@@ -118,7 +122,8 @@ mod tests {
 
     #[test]
     fn stat_with_parentheses_and_spaces_in_the_name() {
-        let line = "4242 (py (worker) 1) S 1 4240 4240 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        let line =
+            "4242 (py (worker) 1) S 1 4240 4240 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.pid, 4242);
         assert_eq!(s.state, 'S');

@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn first_non_empty_line_trimmed() {
-        assert_eq!(engine_version("echo '  0.12.0  '", T).as_deref(), Some("0.12.0"));
+        assert_eq!(
+            engine_version("echo '  0.12.0  '", T).as_deref(),
+            Some("0.12.0")
+        );
         assert_eq!(
             engine_version("echo; echo '   '; echo v1.2; echo v9", T).as_deref(),
             Some("v1.2")
@@ -61,21 +64,34 @@ mod tests {
 
     #[test]
     fn stderr_counts() {
-        assert_eq!(engine_version("echo 'b5002 (abc)' >&2", T).as_deref(), Some("b5002 (abc)"));
+        assert_eq!(
+            engine_version("echo 'b5002 (abc)' >&2", T).as_deref(),
+            Some("b5002 (abc)")
+        );
     }
 
     #[test]
     fn failure_or_silence_is_none() {
         assert_eq!(engine_version("echo 1.0; exit 3", T), None);
         assert_eq!(engine_version("true", T), None);
-        assert_eq!(engine_version("no-such-program-for-runner-tests --version", T), None);
+        assert_eq!(
+            engine_version("no-such-program-for-runner-tests --version", T),
+            None
+        );
     }
 
     #[test]
     fn timeout_kills_the_command_and_its_helpers() {
         let start = Instant::now();
         // The background sleep inherits the output pipe: without the group kill we would wait 30 s.
-        assert_eq!(engine_version("sleep 30 & echo late; sleep 30", Duration::from_millis(300)), None);
-        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        assert_eq!(
+            engine_version("sleep 30 & echo late; sleep 30", Duration::from_millis(300)),
+            None
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }
