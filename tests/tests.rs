@@ -1,3 +1,4 @@
 //! Integration tests.
 
 mod server;
+mod sim;
