@@ -519,3 +519,67 @@ fn the_server_dies_with_the_thread_that_started_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The built-in simulated engine, started the way an experiment file's `sim` engine is.
+fn sim_spec(case: &Case, knobs: &[&str]) -> ServerSpec {
+    let mut spec = case.spec("late-binder", &[]);
+    spec.id = "sim".into();
+    spec.argv = vec![
+        env!("CARGO_BIN_EXE_runner").to_string(),
+        "sim".into(),
+        "--port".into(),
+        case.port.to_string(),
+    ];
+    spec.argv.extend(knobs.iter().map(|k| k.to_string()));
+    spec.smoke = Some(SmokeRequest::completion("sim"));
+    spec
+}
+
+#[tokio::test]
+async fn the_simulated_engine_loads_answers_and_stops_on_sigterm() {
+    let case = Case::new();
+    let spec = sim_spec(&case, &["--startup-delay", "1s"]);
+    let mut server = case.start(&spec).await;
+    let info = ready(&mut server).await;
+    // /health is 503 during the simulated load: ready cannot come before it.
+    assert!(info.seconds >= 1.0, "{info:?}");
+    assert_eq!(info.smoke_ok, Some(true));
+    let teardown = stop_and_check(&case, server).await;
+    assert!(!teardown.escalated, "{teardown:?}");
+    assert_eq!(teardown.exit_status.as_deref(), Some("exit code 0"));
+}
+
+#[tokio::test]
+async fn the_simulated_engine_failing_at_start_is_reported_with_its_message() {
+    let case = Case::new();
+    let spec = sim_spec(&case, &["--exit-at-start", "7"]);
+    let mut server = case.start(&spec).await;
+    let err = server
+        .wait_ready(&CancellationToken::new())
+        .await
+        .unwrap_err();
+    match &err {
+        StartError::ExitedEarly {
+            status, log_tail, ..
+        } => {
+            assert_eq!(status, "exit code 7");
+            assert!(
+                log_tail.iter().any(|l| l.contains("--exit-at-start 7")),
+                "{log_tail:?}"
+            );
+        }
+        other => panic!("expected an early exit, got {other}"),
+    }
+    stop_and_check(&case, server).await;
+}
+
+#[tokio::test]
+async fn the_simulated_engine_ignoring_sigterm_is_killed() {
+    let case = Case::new();
+    let mut spec = sim_spec(&case, &["--startup-delay", "0s", "--ignore-sigterm"]);
+    spec.stop_grace = Duration::from_secs(1);
+    let mut server = case.start(&spec).await;
+    ready(&mut server).await;
+    let teardown = stop_and_check(&case, server).await;
+    assert!(teardown.escalated, "{teardown:?}");
+}
