@@ -59,7 +59,9 @@ pub use pidfile::{PidFile, StaleCleanup, cleanup_stale};
 pub use port::{pick_free_port, port_in_use};
 pub use version::engine_version;
 
-/// How often the ready endpoint is asked, and how long one answer may take.
+/// How often the ready endpoint is asked (from 25 ms, doubling up to 250 ms: a server that is ready
+/// at once is not kept waiting a whole interval), and how long one answer may take.
+const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(25);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 /// After SIGKILL, how long we wait for the group to vanish (only uninterruptible sleep delays it).
@@ -482,6 +484,7 @@ impl Readiness<'_> {
     /// `Err((url, reason))` for a bad one. Never returns while the server is not ready: the caller bounds
     /// it with the deadline.
     async fn run(&self) -> SmokeOutcome {
+        let mut interval = FIRST_POLL_INTERVAL;
         loop {
             match self
                 .client
@@ -496,7 +499,8 @@ impl Readiness<'_> {
                 Err(e) if e.is_timeout() => self.note("no answer within 2 s".into()),
                 Err(e) => self.note(e.to_string()),
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(POLL_INTERVAL);
         }
         let Some(smoke) = self.smoke else {
             return Ok(None);
@@ -605,7 +609,7 @@ impl RunningServer {
         logs::tail(&self.spec.log_path, self.log_since)
     }
 
-    /// Polls the ready endpoint every 250 ms while watching the process, then sends the smoke request.
+    /// Polls the ready endpoint (every 250 ms once past the first second) while watching the process, then sends the smoke request.
     /// Fails at once if the process exits, after `ready_timeout` (counted from the spawn), or when
     /// `cancel` fires. After an error the server may still run: call [`RunningServer::stop`].
     pub async fn wait_ready(
