@@ -3,3 +3,5 @@
 mod common;
 mod experiment;
 mod report;
+mod server;
+mod sim;

@@ -1,0 +1,194 @@
+//! GPU memory release after a teardown, as `nvidia-smi` reports it.
+//!
+//! A process group can be gone while the driver still holds its memory for a moment, and the next engine
+//! sizes its KV cache from free memory at start (`--gpu-memory-utilization`), so we wait (bounded) until
+//! the memory is back. Released means: no compute process listed by `nvidia-smi` is one of ours, and
+//! every GPU uses at most what it used before our server started plus a small slack. The second test
+//! matters inside containers, where `nvidia-smi` lists host pids (or none) that we cannot match.
+//! A probe that fails or hangs counts as "released": it must never hold a campaign hostage.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Memory a GPU may hold beyond its pre-start baseline and still count as released (driver contexts of
+/// other tenants come and go).
+const SLACK_MIB: u64 = 1024;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(500);
+
+/// An `nvidia-smi` to ask.
+#[derive(Debug, Clone)]
+pub struct GpuProbe {
+    program: PathBuf,
+}
+
+impl GpuProbe {
+    /// `nvidia-smi` from PATH, if there is one (i.e. this is a GPU host).
+    pub fn find() -> Option<GpuProbe> {
+        find_on_path("nvidia-smi").map(|program| GpuProbe { program })
+    }
+
+    /// A probe that runs `program` instead (tests use a fake).
+    pub fn with_program(program: impl Into<PathBuf>) -> GpuProbe {
+        GpuProbe {
+            program: program.into(),
+        }
+    }
+
+    async fn query(&self, args: &[&str]) -> Option<String> {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output())
+            .await
+            .ok()?
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Used memory per GPU in MiB, in index order.
+    pub async fn memory_used(&self) -> Option<Vec<u64>> {
+        let text = self
+            .query(&["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+            .await?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Pids of processes holding GPU memory.
+    pub async fn compute_pids(&self) -> Option<Vec<u32>> {
+        let text = self
+            .query(&[
+                "--query-compute-apps=pid,used_memory",
+                "--format=csv,noheader,nounits",
+            ])
+            .await?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+                .collect(),
+        )
+    }
+
+    async fn released(&self, ours: &[u32], baseline: Option<&[u64]>) -> bool {
+        if let Some(pids) = self.compute_pids().await
+            && pids.iter().any(|p| ours.contains(p))
+        {
+            return false;
+        }
+        match (baseline, self.memory_used().await) {
+            (Some(before), Some(now)) => now
+                .iter()
+                .zip(before)
+                .all(|(now, before)| *now <= before + SLACK_MIB),
+            _ => true,
+        }
+    }
+
+    /// Waits until the memory is released or `limit` passes; returns the seconds waited.
+    pub async fn wait_released(
+        &self,
+        ours: &[u32],
+        baseline: Option<&[u64]>,
+        limit: Duration,
+    ) -> f64 {
+        let start = Instant::now();
+        while !self.released(ours, baseline).await && start.elapsed() < limit {
+            tokio::time::sleep(POLL).await;
+        }
+        start.elapsed().as_secs_f64()
+    }
+}
+
+/// The first executable file called `name` in PATH.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake `nvidia-smi` whose answers come from files the test rewrites. It is linked, not written:
+    /// executing a file just written can fail with ETXTBSY while other tests fork.
+    fn fake(dir: &Path) -> GpuProbe {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-nvidia-smi");
+        let link = dir.join("nvidia-smi");
+        std::os::unix::fs::symlink(script, &link).unwrap();
+        GpuProbe::with_program(link)
+    }
+
+    #[tokio::test]
+    async fn parses_memory_and_pids() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = fake(dir.path());
+        std::fs::write(dir.path().join("mem"), "1200\n 35000\n").unwrap();
+        std::fs::write(dir.path().join("apps"), "4242, 33000\n77, 10\n").unwrap();
+        assert_eq!(probe.memory_used().await, Some(vec![1200, 35000]));
+        assert_eq!(probe.compute_pids().await, Some(vec![4242, 77]));
+    }
+
+    #[tokio::test]
+    async fn waits_for_our_pid_to_leave_then_stops_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = fake(dir.path());
+        std::fs::write(dir.path().join("mem"), "500\n").unwrap();
+        std::fs::write(dir.path().join("apps"), "4242, 33000\n").unwrap();
+        let apps = dir.path().join("apps");
+        let freer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            std::fs::write(apps, "").unwrap();
+        });
+        let waited = probe
+            .wait_released(&[4242], Some(&[500]), Duration::from_secs(30))
+            .await;
+        freer.await.unwrap();
+        assert!(
+            waited >= 1.0,
+            "returned before the memory was released: {waited}"
+        );
+        assert!(waited < 25.0, "did not notice the release: {waited}");
+    }
+
+    #[tokio::test]
+    async fn memory_above_baseline_is_bounded_by_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = fake(dir.path());
+        std::fs::write(dir.path().join("mem"), "40000\n").unwrap();
+        std::fs::write(dir.path().join("apps"), "").unwrap();
+        let waited = probe
+            .wait_released(&[1], Some(&[1000]), Duration::from_secs(1))
+            .await;
+        assert!(waited >= 1.0);
+        // Within the slack is released at once.
+        std::fs::write(dir.path().join("mem"), "1900\n").unwrap();
+        let waited = probe
+            .wait_released(&[1], Some(&[1000]), Duration::from_secs(30))
+            .await;
+        assert!(waited < 5.0);
+    }
+
+    #[tokio::test]
+    async fn a_broken_probe_counts_as_released() {
+        let probe = GpuProbe::with_program("/nonexistent/nvidia-smi");
+        let waited = probe
+            .wait_released(&[1], Some(&[0]), Duration::from_secs(30))
+            .await;
+        assert!(waited < 5.0);
+    }
+}
