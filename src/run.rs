@@ -167,7 +167,7 @@ async fn run_server(
 
     // Everything up to "ready": on failure every pending cell of this server fails with the reason.
     let started = start_server(exp, engine, server, store, reporter, cancel, &mut record).await;
-    let (running, rendered) = match started {
+    let (mut running, rendered) = match started {
         Ok(pair) => pair,
         Err((reason, log_tail, interrupted)) => {
             record.status = if interrupted { "interrupted" } else { "failed" }.into();
@@ -213,7 +213,7 @@ async fn run_server(
         let outcome = load::run_point(client, &target, &cell.load, &done, cancel).await;
         drop(bar);
         // A server that died under load invalidates the point, whatever the client saw.
-        let exited = running.as_ref().and_then(|r| r.exit_status());
+        let exited = running.as_mut().and_then(|r| r.exit_status());
         match (outcome, exited) {
             (Err(LoadError::Interrupted), _) => {
                 result.interrupted = true;
@@ -320,16 +320,14 @@ async fn start_server(
     record: &mut ServerRecord,
 ) -> Result<(Option<server::RunningServer>, Rendered), StartFailure> {
     let fail = |reason: String| (reason, Vec::new(), false);
-    let smoke_for = |rendered: &Rendered| {
-        engine.smoke_test.then(|| SmokeRequest { model: rendered.request_model.clone(), dialect: engine.defaults.dialect })
-    };
+    let smoke_for = |rendered: &Rendered| engine.smoke_test.then(|| SmokeRequest::completion(&rendered.request_model));
     match &engine.launch {
         Launch::Attach { .. } => {
             let rendered = server.render(exp, None).map_err(fail)?;
             record.command = format!("(already running at {})", rendered.base_url);
             record.base_url = rendered.base_url.clone();
             reporter.phase(format!("{}: checking {}", server.id, rendered.base_url));
-            let ready = server::attach(&rendered.base_url, &engine.ready_path, engine.ready_timeout, smoke_for(&rendered), cancel)
+            let ready = server::attach(&rendered.base_url, &engine.ready_path, engine.ready_timeout, smoke_for(&rendered).as_ref(), cancel)
                 .await
                 .map_err(|e| (e.to_string(), Vec::new(), matches!(e, server::StartError::Interrupted)))?;
             record.time_to_ready_s = Some(ready.seconds);
@@ -367,7 +365,8 @@ async fn start_server(
                 gpu_release_timeout: engine.gpu_release_timeout,
             };
             reporter.phase(format!("{}: starting on port {port}", server.id));
-            let mut running = server::start(&spec, &store.pid_file()).await.map_err(|e| (e.to_string(), Vec::new(), false))?;
+            let mut running =
+                server::start(&spec, &store.pid_file()).await.map_err(|e| (e.to_string(), e.log_tail().to_vec(), false))?;
             reporter.phase(format!("{}: waiting for {} (up to {})", server.id, engine.ready_path, humantime::format_duration(engine.ready_timeout)));
             match running.wait_ready(cancel).await {
                 Ok(ready) => {

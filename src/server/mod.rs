@@ -322,6 +322,20 @@ pub struct RunningServer {
     stopped: bool,
 }
 
+/// Kills a server's process group from anywhere (see [`RunningServer::kill_handle`]); it checks the group
+/// is still ours (leader start time), so a recycled pid is never signalled.
+#[derive(Debug, Clone)]
+pub struct KillHandle {
+    pgid: i32,
+    leader_start_ticks: u64,
+}
+
+impl KillHandle {
+    pub fn kill_now(&self) {
+        signal_if_ours(self.pgid, self.leader_start_ticks, Signal::SIGKILL);
+    }
+}
+
 /// Starts the server of `spec` in its own session and process group and records it in `pid_file`.
 /// Returns as soon as the process runs; readiness is [`RunningServer::wait_ready`].
 pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, StartError> {
@@ -649,6 +663,18 @@ impl RunningServer {
 
     fn signal(&self, signal: Signal) -> bool {
         signal_if_ours(self.pgid, self.leader_start_ticks, signal)
+    }
+
+    /// A handle the runner's signal task keeps, to kill the group on a second Ctrl-C while this server is
+    /// owned elsewhere (e.g. in the middle of `stop`).
+    pub fn kill_handle(&self) -> KillHandle {
+        KillHandle { pgid: self.pgid, leader_start_ticks: self.leader_start_ticks }
+    }
+
+    /// The leader's exit status if it has exited (checked without waiting): a server that died under load
+    /// invalidates the load point.
+    pub fn exit_status(&mut self) -> Option<String> {
+        self.child.try_wait().ok().flatten().map(|s| describe_status(&s))
     }
 
     /// SIGKILL to the whole group at once (the second Ctrl-C). Does not wait: `stop` still does that.

@@ -104,6 +104,22 @@ pub struct StaleCleanup {
     pub port_freed: bool,
 }
 
+impl std::fmt::Display for StaleCleanup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "server {} (process group {}, port {}) of runner {}: {} process(es) stopped{}{}",
+            self.server_id,
+            self.pgid,
+            self.port,
+            self.runner_pid,
+            self.found.len(),
+            if self.escalated { " with SIGKILL" } else { "" },
+            if self.leftovers.is_empty() { String::new() } else { format!(", {} left alive", self.leftovers.len()) },
+        )
+    }
+}
+
 const STALE_GRACE: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 const PORT_WAIT: Duration = Duration::from_secs(5);
