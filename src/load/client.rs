@@ -192,8 +192,10 @@ pub struct Call<'a> {
     pub output_tokens: u32,
 }
 
+/// Milliseconds from `t0` to `t`, rounded to the microsecond: finer digits are noise at this scale and
+/// would only lengthen every JSONL line.
 pub fn ms_since(t0: Instant, t: Instant) -> f64 {
-    t.saturating_duration_since(t0).as_secs_f64() * 1000.0
+    t.saturating_duration_since(t0).as_micros() as f64 / 1000.0
 }
 
 /// Sends one streamed request and fills `rec` (whose scheduling fields the caller has set). Never fails:
