@@ -45,6 +45,9 @@ pub enum Command {
     Report(ReportArgs),
     /// Serve the built-in simulated OpenAI-compatible engine (for rehearsals and tests; no GPU needed).
     Sim(crate::sim::SimArgs),
+    /// Measure the load client itself against the simulated engine (measured − true TTFT/TPOT, CPU).
+    #[command(hide = true, name = "bench-client")]
+    BenchClient(crate::load::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +122,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         (Some(Command::Plan(args)), _) => crate::commands::plan(&args),
         (Some(Command::Report(args)), _) => crate::commands::report(&args.file),
         (Some(Command::Sim(args)), _) => crate::sim::main(args).map(|()| exit::OK),
+        (Some(Command::BenchClient(args)), _) => {
+            crate::load::bench::main(args).map(|()| exit::OK)
+        }
         (None, Some(file)) => crate::commands::run(&file, &cli.run),
         (None, None) => Err(exit::Failure::bad_input(
             "no experiment file given\n  help: `runner FILE` runs an experiment; `runner --help` lists the commands",

@@ -7,7 +7,6 @@
 //! ends with exit code 130, keeping every finished cell; a second one kills the server's process group at
 //! once. A runner killed hard leaves a pid file that the next run uses to clean up the stale server.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -206,11 +205,10 @@ async fn run_server(
         }
         let label = format!("{} ({}/{})", cell.id, k + 1, pending.len());
         reporter.phase(format!("{}: load point {}/{}", server.id, k + 1, pending.len()));
-        let done = Arc::new(AtomicU64::new(0));
-        let total = u64::from(cell.load.requests + cell.load.warmup);
-        let bar = reporter.point(&label, done.clone(), total);
+        let progress = load::Progress::default();
+        let bar = reporter.point(&label, progress.done.clone(), u64::from(cell.load.requests));
         let started_at = now_rfc3339();
-        let outcome = load::run_point(client, &target, &cell.load, &done, cancel).await;
+        let outcome = load::run_point(client, &target, &cell.load, &progress, cancel).await;
         drop(bar);
         // A server that died under load invalidates the point, whatever the client saw.
         let exited = running.as_mut().and_then(|r| r.exit_status());

@@ -2,6 +2,7 @@
 
 mod common;
 mod experiment;
+mod load;
 mod report;
 mod server;
 mod sim;

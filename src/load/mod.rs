@@ -1,1 +1,145 @@
-//! The load generator. (Being built.)
+//! The load generator: drives one load point against an OpenAI-compatible server and returns its
+//! per-request records, their summary and the server's metric deltas.
+//!
+//! - [`prompt`]: exact-length prompts, deterministic from the seed.
+//! - [`client`]: the pooled HTTP client, request dialects, streamed requests into records.
+//! - [`sse`]: incremental SSE parsing.
+//! - [`schedule`]: closed loop, in-flight cap, Poisson rate; warm-up; the client's self-check.
+//! - [`record`]: the per-request record (one JSONL line) and error kinds.
+//! - [`bench`]: the client benchmark against the simulated engine (`runner bench-client`).
+//!
+//! Invariants: a point never fails because requests fail (they are counted by kind); only setup problems
+//! and cancellation end it early. Warm-up requests are recorded but marked and excluded from statistics.
+
+pub mod bench;
+pub mod client;
+pub mod prompt;
+pub mod record;
+pub mod schedule;
+pub mod sse;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+pub use client::LoadClient;
+pub use record::{ErrorKind, RequestRecord};
+
+use crate::engine::{CacheCounters, Dialect};
+use crate::experiment::load::LoadSpec;
+use crate::scrape::{self, ServerMetrics};
+use crate::stats::{self, Summary};
+
+/// The server under load.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// e.g. `http://127.0.0.1:8000` (the API paths are appended).
+    pub base_url: String,
+    /// The `model` field of each request.
+    pub model: String,
+    pub dialect: Dialect,
+    /// Full URL of the Prometheus endpoint, if the server has one.
+    pub metrics_url: Option<String>,
+    pub cache_counters: CacheCounters,
+}
+
+impl Target {
+    pub fn url(&self, chat: bool) -> String {
+        let path = if chat {
+            "/v1/chat/completions"
+        } else {
+            "/v1/completions"
+        };
+        format!("{}{path}", self.base_url.trim_end_matches('/'))
+    }
+}
+
+/// Shared counters a progress bar can read while a point runs (measured requests only).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub done: Arc<AtomicU64>,
+    pub total: Arc<AtomicU64>,
+}
+
+impl Progress {
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything one load point produced.
+#[derive(Debug, Clone)]
+pub struct PointOutcome {
+    /// Every request, warm-up first, in issue order.
+    pub records: Vec<RequestRecord>,
+    pub summary: Summary,
+    pub server_metrics: ServerMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The cancellation token fired; in-flight requests were dropped.
+    #[error("interrupted")]
+    Interrupted,
+    /// The point could not be set up (tokenizer unreadable, bad vocabulary range, ...).
+    #[error(transparent)]
+    Setup(#[from] anyhow::Error),
+}
+
+/// Separates load points that share a seed, so two points on one server never send the same prompt.
+/// Derived from the resolved settings, so rerunning the same point sends the same prompts.
+pub fn prompt_salt(spec: &LoadSpec) -> u64 {
+    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// Runs one load point: scrape before, warm-up, measured phase, scrape after, summary.
+pub async fn run_point(
+    client: &LoadClient,
+    target: &Target,
+    spec: &LoadSpec,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<PointOutcome, LoadError> {
+    let chat = spec.api == crate::experiment::load::Api::Chat;
+    let prompts = prompt::PromptSource::new(spec, prompt_salt(spec), chat)?;
+    progress.done.store(0, Ordering::Relaxed);
+    progress
+        .total
+        .store(u64::from(spec.requests), Ordering::Relaxed);
+
+    let before = match &target.metrics_url {
+        Some(url) => Some(scrape::scrape(client.http(), url).await),
+        None => None,
+    };
+
+    let drive = schedule::drive(client, target, spec, prompts, progress);
+    let (records, check) = tokio::select! {
+        out = drive => out,
+        () = cancel.cancelled() => return Err(LoadError::Interrupted),
+    };
+
+    let server_metrics = match (&target.metrics_url, before) {
+        (None, _) => ServerMetrics::missing("the server has no metrics endpoint"),
+        (Some(_), Some(Err(e))) => ServerMetrics::missing(format!("{e:#}")),
+        (Some(url), Some(Ok(before))) => match scrape::scrape(client.http(), url).await {
+            Ok(after) => ServerMetrics::between(&before, &after, target.cache_counters),
+            Err(e) => ServerMetrics::missing(format!("{e:#}")),
+        },
+        (Some(_), None) => ServerMetrics::missing("not scraped"),
+    };
+    let summary = stats::summarize(&records, spec, check);
+    Ok(PointOutcome {
+        records,
+        summary,
+        server_metrics,
+    })
+}

@@ -1,0 +1,320 @@
+//! The client benchmark (`runner bench-client`, hidden): drives the simulated engine with exactly known
+//! timing (fixed TTFT and inter-token time) at several concurrencies and prints how far the client's
+//! measurements are from the truth, and what the client costs in CPU.
+//!
+//! The engine runs as a separate `runner sim` process so that the CPU time measured here (this process's
+//! user + system time) is the client's alone. Its timing log says when each chunk was actually handed to
+//! the network, which splits the error into the engine's own lateness and the client's share.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::{LoadClient, PointOutcome, Progress, Target, run_point};
+use crate::engine::{CacheCounters, Preset};
+use crate::experiment::load::{Api, LoadSpec, PromptMode, Slo, Vocab};
+use crate::sim::{TimingRecord, read_log};
+use crate::stats::Dist;
+
+/// Knobs of the client benchmark; the defaults are the setting.
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Concurrencies to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,500,1000")]
+    pub concurrency: Vec<u32>,
+    /// Prompt length in tokens (token ids).
+    #[arg(long, default_value_t = 1000)]
+    pub input_tokens: u32,
+    /// Output tokens per request.
+    #[arg(long, default_value_t = 200)]
+    pub output_tokens: u32,
+    /// The engine's true time to first token, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub ttft_ms: f64,
+    /// The engine's true time per output token, ms.
+    #[arg(long, default_value_t = 10.0)]
+    pub itl_ms: f64,
+    /// Measured requests per stream (after one warm-up request per stream, which opens the connections).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
+    /// Worker threads of the client's runtime (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Keep the engine's timing logs and the client's records in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub concurrency: u32,
+    pub requests: u64,
+    pub succeeded: u64,
+    /// Measured TTFT − true TTFT, ms (mean, p99).
+    pub ttft_err_mean: f64,
+    pub ttft_err_p99: f64,
+    /// Measured TPOT − true TPOT, ms (mean, p99).
+    pub tpot_err_mean: f64,
+    pub tpot_err_p99: f64,
+    /// How late the engine handed out first chunks (its own share of the error), ms (mean, p99).
+    pub engine_late_mean: f64,
+    pub engine_late_p99: f64,
+    /// The client's share of the mean TTFT error: measured mean − the engine's actual mean.
+    pub client_ttft_err_mean: f64,
+    pub lag_p99: f64,
+    pub peak_inflight: u32,
+    pub cpu_ms_per_1k_tokens: f64,
+    pub saturated: bool,
+}
+
+pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = args.threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.build().context("starting the client runtime")?;
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let dir = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => scratch.path().to_path_buf(),
+    };
+    let client = LoadClient::new()?;
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        eprintln!("bench-client: concurrency {c}");
+        let row = runtime.block_on(level(&client, &args, c, &dir))?;
+        rows.push(row);
+    }
+    print!("{}", table(&args, &rows));
+    Ok(())
+}
+
+/// Kills the engine process on every exit path (SIGTERM so that it flushes its timing log, then wait).
+struct Engine(Child);
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `runner sim` with fixed timing on a free port; returns it with its base URL.
+fn start_engine(args: &BenchArgs, log: &Path) -> anyhow::Result<(Engine, String)> {
+    let exe = std::env::current_exe().context("finding the runner binary")?;
+    let mut child = Command::new(exe)
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--startup-delay",
+            "0",
+            "--fixed-timing",
+        ])
+        .args(["--ttft-ms", &args.ttft_ms.to_string()])
+        .args(["--itl-ms", &args.itl_ms.to_string()])
+        .args(["--eos-probability", "0"])
+        .args([
+            "--max-model-len",
+            &(args.input_tokens + args.output_tokens + 16).to_string(),
+        ])
+        .arg("--timing-log")
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the simulated engine")?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let engine = Engine(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    break url.trim().to_string();
+                }
+            }
+            _ => bail!("the simulated engine exited before listening"),
+        }
+    };
+    // Keep draining its stderr so that the engine never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((engine, url))
+}
+
+async fn level(
+    client: &LoadClient,
+    args: &BenchArgs,
+    concurrency: u32,
+    dir: &Path,
+) -> anyhow::Result<Row> {
+    let log = dir.join(format!("timing-c{concurrency}.jsonl"));
+    let (engine, url) = start_engine(args, &log)?;
+    let spec = LoadSpec {
+        concurrency,
+        requests: (args.rounds * concurrency).max(10),
+        warmup: concurrency,
+        max_inflight: None,
+        request_rate: None,
+        prompt: PromptMode::Unique,
+        input_tokens: args.input_tokens,
+        output_tokens: args.output_tokens,
+        timeout: Duration::from_secs(300),
+        seed: 0,
+        api: Api::Completions,
+        slo: Slo::default(),
+        vocab: Vocab {
+            tokenizer: None,
+            id_range: [100, 150_000],
+        },
+    };
+    let target = Target {
+        base_url: url,
+        model: "sim".into(),
+        dialect: Preset::Sim.defaults().dialect,
+        metrics_url: None,
+        cache_counters: CacheCounters::Vllm,
+    };
+    let out = run_point(
+        client,
+        &target,
+        &spec,
+        &Progress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(engine); // flushes the timing log
+    if args.keep.is_some() {
+        let mut lines = Vec::new();
+        for r in &out.records {
+            serde_json::to_writer(&mut lines, r)?;
+            lines.push(b'\n');
+        }
+        std::fs::write(dir.join(format!("requests-c{concurrency}.jsonl")), lines)?;
+    }
+    let timing = read_log(&log)?;
+    Ok(row(
+        args,
+        concurrency,
+        &out,
+        &timing,
+        u64::from(spec.warmup),
+    ))
+}
+
+fn row(
+    args: &BenchArgs,
+    concurrency: u32,
+    out: &PointOutcome,
+    timing: &[TimingRecord],
+    warmup: u64,
+) -> Row {
+    let s = &out.summary;
+    let ttft_err = Dist::of(s_values(out, |r| r.ttft_ms).map(|t| t - args.ttft_ms));
+    let tpot_err = Dist::of(s_values(out, |r| r.tpot_ms()).map(|t| t - args.itl_ms));
+    // Warm-up requests reach the engine first (the measured phase starts after they all end).
+    let measured: Vec<&TimingRecord> = timing
+        .iter()
+        .filter(|t| t.request >= warmup && !t.sent_us.is_empty())
+        .collect();
+    let engine_late = Dist::of(
+        measured
+            .iter()
+            .map(|t| t.sent_us[0].saturating_sub(t.scheduled_us[0]) as f64 / 1000.0),
+    );
+    let engine_ttft = Dist::of(measured.iter().map(|t| t.sent_us[0] as f64 / 1000.0));
+    let tokens: u64 = out
+        .records
+        .iter()
+        .filter_map(|r| r.completion_tokens)
+        .map(u64::from)
+        .sum();
+    Row {
+        concurrency,
+        requests: s.requests,
+        succeeded: s.succeeded,
+        ttft_err_mean: ttft_err.mean,
+        ttft_err_p99: ttft_err.p99,
+        tpot_err_mean: tpot_err.mean,
+        tpot_err_p99: tpot_err.p99,
+        engine_late_mean: engine_late.mean,
+        engine_late_p99: engine_late.p99,
+        client_ttft_err_mean: s.ttft_ms.mean - engine_ttft.mean,
+        lag_p99: s.client.lag_ms_p99,
+        peak_inflight: s.client.peak_inflight,
+        cpu_ms_per_1k_tokens: if tokens > 0 {
+            s.client.cpu_s * 1000.0 / (tokens as f64 / 1000.0)
+        } else {
+            0.0
+        },
+        saturated: s.client.saturated,
+    }
+}
+
+/// A per-request value over the successful measured requests.
+fn s_values<'a>(
+    out: &'a PointOutcome,
+    f: impl Fn(&super::RequestRecord) -> Option<f64> + 'a,
+) -> impl Iterator<Item = f64> + 'a {
+    out.records
+        .iter()
+        .filter(|r| !r.warmup && r.ok())
+        .filter_map(f)
+}
+
+/// The result as a Markdown table, with the setting it was measured in.
+pub fn table(args: &BenchArgs, rows: &[Row]) -> String {
+    let mut t = format!(
+        "{} → {} tokens, true TTFT {} ms, true TPOT {} ms; errors = measured − true, ms\n\n",
+        args.input_tokens, args.output_tokens, args.ttft_ms, args.itl_ms
+    );
+    t.push_str(
+        "| concurrency | ok/requests | peak in flight | TTFT err mean | TTFT err p99 | engine late mean | engine late p99 | client TTFT err mean | TPOT err mean | TPOT err p99 | client lag p99 | CPU ms / 1k tokens | saturated |\n",
+    );
+    t.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n");
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {}/{} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} | {} |\n",
+            r.concurrency,
+            r.succeeded,
+            r.requests,
+            r.peak_inflight,
+            r.ttft_err_mean,
+            r.ttft_err_p99,
+            r.engine_late_mean,
+            r.engine_late_p99,
+            r.client_ttft_err_mean,
+            r.tpot_err_mean,
+            r.tpot_err_p99,
+            r.lag_p99,
+            r.cpu_ms_per_1k_tokens,
+            if r.saturated { "yes" } else { "no" },
+        ));
+    }
+    t
+}
