@@ -34,15 +34,22 @@ pub fn run(file: &Path, options: &RunOptions) -> anyhow::Result<i32> {
         Ok(None) => {}
         Err(e) => return Err(Failure::bad_input(format!("{e}")).into()),
     }
-    crate::store::write_atomic(&exp.results_dir.join("experiment.toml"), exp.source.as_bytes())
-        .context("copying the experiment file into the results directory")?;
+    crate::store::write_atomic(
+        &exp.results_dir.join("experiment.toml"),
+        exp.source.as_bytes(),
+    )
+    .context("copying the experiment file into the results directory")?;
     let outcome = crate::run::execute(&exp, &plan, &store, options)?;
     eprintln!(
         "{} cell(s) run, {} already done, {} failed{}; results in {}",
         outcome.cells_run,
         outcome.cells_skipped,
         outcome.cells_failed,
-        if outcome.interrupted { ", interrupted" } else { "" },
+        if outcome.interrupted {
+            ", interrupted"
+        } else {
+            ""
+        },
         exp.results_dir.display()
     );
     Ok(outcome.exit_code())
@@ -51,7 +58,8 @@ pub fn run(file: &Path, options: &RunOptions) -> anyhow::Result<i32> {
 /// The results directory must be writable before the first server starts, not after an hour.
 fn ensure_writable(exp: &Experiment) -> anyhow::Result<()> {
     let dir = &exp.results_dir;
-    let probe = std::fs::create_dir_all(dir).and_then(|()| tempfile::NamedTempFile::new_in(dir).map(drop));
+    let probe =
+        std::fs::create_dir_all(dir).and_then(|()| tempfile::NamedTempFile::new_in(dir).map(drop));
     probe.map_err(|e| {
         Failure::bad_input(format!(
             "{}: results_dir {} is not writable: {e}\n  help: choose another `results_dir` or fix the permissions",

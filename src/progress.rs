@@ -29,18 +29,27 @@ impl Reporter {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = multi.add(ProgressBar::new(total_cells));
         overall.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} cells  {elapsed_precise} (ETA {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {pos}/{len} cells  {elapsed_precise} (ETA {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         overall.set_prefix("overall");
         let phase = multi.add(ProgressBar::new_spinner());
         phase.set_style(
-            ProgressStyle::with_template("{prefix:>8} {spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template("{prefix:>8} {spinner} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         phase.set_prefix("server");
         phase.enable_steady_tick(Duration::from_millis(200));
-        Reporter { bars: Some(Bars { multi, overall, phase }) }
+        Reporter {
+            bars: Some(Bars {
+                multi,
+                overall,
+                phase,
+            }),
+        }
     }
 
     /// A line that stays (above the bars on a terminal).
@@ -73,13 +82,18 @@ impl Reporter {
     pub fn point(&self, label: &str, done: Arc<AtomicU64>, total: u64) -> PointBar {
         let Some(b) = &self.bars else {
             eprintln!("  {label}: {total} requests");
-            return PointBar { bar: None, task: None };
+            return PointBar {
+                bar: None,
+                task: None,
+            };
         };
         let bar = b.multi.add(ProgressBar::new(total));
         bar.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} requests  {msg} (ETA {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {pos}/{len} requests  {msg} (ETA {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix("load");
         bar.set_message(label.to_string());
@@ -90,7 +104,10 @@ impl Reporter {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        PointBar { bar: Some(bar), task: Some(task) }
+        PointBar {
+            bar: Some(bar),
+            task: Some(task),
+        }
     }
 
     pub fn finish(&self) {

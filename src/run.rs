@@ -46,12 +46,25 @@ impl Outcome {
 }
 
 /// Runs the plan. Input was validated before; errors here are runtime failures (exit 1).
-pub fn execute(exp: &Experiment, plan: &Plan, store: &Store, options: &RunOptions) -> anyhow::Result<Outcome> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+pub fn execute(
+    exp: &Experiment,
+    plan: &Plan,
+    store: &Store,
+    options: &RunOptions,
+) -> anyhow::Result<Outcome> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(execute_async(exp, plan, store, options))
 }
 
-async fn execute_async(exp: &Experiment, plan: &Plan, store: &Store, options: &RunOptions) -> anyhow::Result<Outcome> {
+async fn execute_async(
+    exp: &Experiment,
+    plan: &Plan,
+    store: &Store,
+    options: &RunOptions,
+) -> anyhow::Result<Outcome> {
     let cancel = CancellationToken::new();
     let current: Arc<Mutex<Option<KillHandle>>> = Arc::new(Mutex::new(None));
     let signals = tokio::spawn(watch_signals(cancel.clone(), current.clone()));
@@ -61,11 +74,20 @@ async fn execute_async(exp: &Experiment, plan: &Plan, store: &Store, options: &R
     // environment record, and a missing engine binary shows up in the first seconds.
     let versions = engine_versions(exp, plan);
     for (engine, version) in &versions {
-        reporter.line(format!("{engine}: {}", version.as_deref().unwrap_or("version unknown (version_command failed)")));
+        reporter.line(format!(
+            "{engine}: {}",
+            version
+                .as_deref()
+                .unwrap_or("version unknown (version_command failed)")
+        ));
     }
-    let known: std::collections::BTreeMap<String, String> =
-        versions.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
-    store.write_environment(&crate::envinfo::capture(&exp.file, &known)).context("writing environment.json")?;
+    let known: std::collections::BTreeMap<String, String> = versions
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+        .collect();
+    store
+        .write_environment(&crate::envinfo::capture(&exp.file, &known))
+        .context("writing environment.json")?;
     let client = LoadClient::new().context("creating the HTTP client")?;
     let mut outcome = Outcome::default();
     let n = plan.servers.len();
@@ -75,18 +97,34 @@ async fn execute_async(exp: &Experiment, plan: &Plan, store: &Store, options: &R
             outcome.interrupted = true;
             break;
         }
-        let pending: Vec<&CellPlan> =
-            server.points.iter().filter(|c| options.force || store.cell_status(c) != CellStatus::Done).collect();
+        let pending: Vec<&CellPlan> = server
+            .points
+            .iter()
+            .filter(|c| options.force || store.cell_status(c) != CellStatus::Done)
+            .collect();
         let skipped = server.points.len() - pending.len();
         outcome.cells_skipped += skipped;
         reporter.cells_done(skipped as u64);
         if pending.is_empty() {
-            reporter.line(format!("[{}/{n}] {}: all {} cells done, not started", i + 1, server.id, server.points.len()));
+            reporter.line(format!(
+                "[{}/{n}] {}: all {} cells done, not started",
+                i + 1,
+                server.id,
+                server.points.len()
+            ));
             continue;
         }
-        reporter.line(format!("[{}/{n}] {}: {} cell(s) to run", i + 1, server.id, pending.len()));
+        reporter.line(format!(
+            "[{}/{n}] {}: {} cell(s) to run",
+            i + 1,
+            server.id,
+            pending.len()
+        ));
         let version = versions.get(&server.engine).cloned().flatten();
-        let result = run_server(exp, server, &pending, store, &client, &reporter, &cancel, &current, version).await;
+        let result = run_server(
+            exp, server, &pending, store, &client, &reporter, &cancel, &current, version,
+        )
+        .await;
         outcome.cells_run += result.cells_ok;
         outcome.cells_failed += result.cells_failed;
         if result.server_failed {
@@ -99,7 +137,9 @@ async fn execute_async(exp: &Experiment, plan: &Plan, store: &Store, options: &R
         if let Err(e) = crate::report::render_all(exp, plan, store) {
             reporter.line(format!("warning: report not rendered: {e:#}"));
         }
-        if outcome.interrupted || (options.fail_fast && (result.server_failed || result.cells_failed > 0)) {
+        if outcome.interrupted
+            || (options.fail_fast && (result.server_failed || result.cells_failed > 0))
+        {
             break;
         }
     }
@@ -111,7 +151,10 @@ async fn execute_async(exp: &Experiment, plan: &Plan, store: &Store, options: &R
 /// First signal: cancel (graceful). Second: SIGKILL the current server's process group at once.
 async fn watch_signals(cancel: CancellationToken, current: Arc<Mutex<Option<KillHandle>>>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return;
     };
     let mut count = 0;
@@ -122,7 +165,9 @@ async fn watch_signals(cancel: CancellationToken, current: Arc<Mutex<Option<Kill
         }
         count += 1;
         if count == 1 {
-            eprintln!("\ninterrupted: stopping the load and tearing the server down (again to kill it at once)");
+            eprintln!(
+                "\ninterrupted: stopping the load and tearing the server down (again to kill it at once)"
+            );
             cancel.cancel();
         } else {
             eprintln!("\nkilling the server's process group");
@@ -194,7 +239,10 @@ async fn run_server(
         base_url: rendered.base_url.clone(),
         model: rendered.request_model.clone(),
         dialect: engine.defaults.dialect,
-        metrics_url: engine.metrics_path.as_ref().map(|p| format!("{}{p}", rendered.base_url)),
+        metrics_url: engine
+            .metrics_path
+            .as_ref()
+            .map(|p| format!("{}{p}", rendered.base_url)),
         cache_counters: engine.defaults.cache_counters,
     };
     let command = command_line(&rendered);
@@ -204,7 +252,12 @@ async fn run_server(
             break;
         }
         let label = format!("{} ({}/{})", cell.id, k + 1, pending.len());
-        reporter.phase(format!("{}: load point {}/{}", server.id, k + 1, pending.len()));
+        reporter.phase(format!(
+            "{}: load point {}/{}",
+            server.id,
+            k + 1,
+            pending.len()
+        ));
         let progress = load::Progress::default();
         let bar = reporter.point(&label, progress.done.clone(), u64::from(cell.load.requests));
         let started_at = now_rfc3339();
@@ -235,7 +288,12 @@ async fn run_server(
                 result.cells_failed += 1;
             }
             (Ok(point), None) if point.summary.succeeded == 0 => {
-                let kinds: Vec<String> = point.summary.errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+                let kinds: Vec<String> = point
+                    .summary
+                    .errors
+                    .iter()
+                    .map(|(k, v)| format!("{k} ×{v}"))
+                    .collect();
                 let reason = format!("no request succeeded ({})", kinds.join(", "));
                 let tail = running.as_ref().map(|r| r.log_tail()).unwrap_or_default();
                 fail_cell(store, reporter, server, cell, &reason, &tail);
@@ -250,7 +308,10 @@ async fn run_server(
                     model: server.model.clone(),
                     precision: server.precision.clone(),
                     engine: server.engine.clone(),
-                    vars: server.cell_vars(cell).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    vars: server
+                        .cell_vars(cell)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                     load: serde_json::to_value(&cell.load).unwrap_or_default(),
                     summary: point.summary,
                     server_metrics: point.server_metrics,
@@ -284,13 +345,21 @@ async fn run_server(
             reporter.line(format!(
                 "  warning: after teardown {} process(es) of the group remain and the port is {}",
                 teardown.leftovers.len(),
-                if teardown.port_freed { "free" } else { "still taken" }
+                if teardown.port_freed {
+                    "free"
+                } else {
+                    "still taken"
+                }
             ));
         }
         reporter.line(format!(
             "  stopped in {:.1}s{}",
             teardown.seconds,
-            if teardown.escalated { " (SIGKILL after the grace period)" } else { "" }
+            if teardown.escalated {
+                " (SIGKILL after the grace period)"
+            } else {
+                ""
+            }
         ));
     }
     record.status = if result.interrupted {
@@ -318,16 +387,32 @@ async fn start_server(
     record: &mut ServerRecord,
 ) -> Result<(Option<server::RunningServer>, Rendered), StartFailure> {
     let fail = |reason: String| (reason, Vec::new(), false);
-    let smoke_for = |rendered: &Rendered| engine.smoke_test.then(|| SmokeRequest::completion(&rendered.request_model));
+    let smoke_for = |rendered: &Rendered| {
+        engine
+            .smoke_test
+            .then(|| SmokeRequest::completion(&rendered.request_model))
+    };
     match &engine.launch {
         Launch::Attach { .. } => {
             let rendered = server.render(exp, None).map_err(fail)?;
             record.command = format!("(already running at {})", rendered.base_url);
             record.base_url = rendered.base_url.clone();
             reporter.phase(format!("{}: checking {}", server.id, rendered.base_url));
-            let ready = server::attach(&rendered.base_url, &engine.ready_path, engine.ready_timeout, smoke_for(&rendered).as_ref(), cancel)
-                .await
-                .map_err(|e| (e.to_string(), Vec::new(), matches!(e, server::StartError::Interrupted)))?;
+            let ready = server::attach(
+                &rendered.base_url,
+                &engine.ready_path,
+                engine.ready_timeout,
+                smoke_for(&rendered).as_ref(),
+                cancel,
+            )
+            .await
+            .map_err(|e| {
+                (
+                    e.to_string(),
+                    Vec::new(),
+                    matches!(e, server::StartError::Interrupted),
+                )
+            })?;
             record.time_to_ready_s = Some(ready.seconds);
             Ok((None, rendered))
         }
@@ -351,7 +436,11 @@ async fn start_server(
                 id: server.id.clone(),
                 argv: rendered.argv.clone(),
                 shell: rendered.shell,
-                env: rendered.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                env: rendered
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 workdir: rendered.workdir.as_ref().map(Into::into),
                 port,
                 base_url: rendered.base_url.clone(),
@@ -363,9 +452,15 @@ async fn start_server(
                 gpu_release_timeout: engine.gpu_release_timeout,
             };
             reporter.phase(format!("{}: starting on port {port}", server.id));
-            let mut running =
-                server::start(&spec, &store.pid_file()).await.map_err(|e| (e.to_string(), e.log_tail().to_vec(), false))?;
-            reporter.phase(format!("{}: waiting for {} (up to {})", server.id, engine.ready_path, humantime::format_duration(engine.ready_timeout)));
+            let mut running = server::start(&spec, &store.pid_file())
+                .await
+                .map_err(|e| (e.to_string(), e.log_tail().to_vec(), false))?;
+            reporter.phase(format!(
+                "{}: waiting for {} (up to {})",
+                server.id,
+                engine.ready_path,
+                humantime::format_duration(engine.ready_timeout)
+            ));
             match running.wait_ready(cancel).await {
                 Ok(ready) => {
                     record.time_to_ready_s = Some(ready.seconds);
@@ -386,20 +481,33 @@ async fn start_server(
 }
 
 /// Each engine's version, from its version command rendered for its first server configuration.
-fn engine_versions(exp: &Experiment, plan: &Plan) -> std::collections::BTreeMap<String, Option<String>> {
+fn engine_versions(
+    exp: &Experiment,
+    plan: &Plan,
+) -> std::collections::BTreeMap<String, Option<String>> {
     let mut out = std::collections::BTreeMap::new();
     for server in &plan.servers {
         if out.contains_key(&server.engine) {
             continue;
         }
-        let command = server.render(exp, None).ok().and_then(|r| r.version_command);
+        let command = server
+            .render(exp, None)
+            .ok()
+            .and_then(|r| r.version_command);
         let version = command.and_then(|c| server::engine_version(&c, Duration::from_secs(120)));
         out.insert(server.engine.clone(), version);
     }
     out
 }
 
-fn fail_cell(store: &Store, reporter: &Reporter, server: &ServerPlan, cell: &CellPlan, reason: &str, log_tail: &[String]) {
+fn fail_cell(
+    store: &Store,
+    reporter: &Reporter,
+    server: &ServerPlan,
+    cell: &CellPlan,
+    reason: &str,
+    log_tail: &[String],
+) {
     let failure = CellFailure {
         id: cell.id.clone(),
         hash: cell.hash.clone(),
@@ -423,7 +531,14 @@ fn cell_line(c: &CellResult) -> String {
     let s = &c.summary;
     let mut line = format!(
         "{}: {}/{} ok, QPS {:.3}, TTFT {:.1} ms, TPOT {:.2} ms, E2E {:.0} ms, out {:.1} tok/s",
-        c.id, s.succeeded, s.requests, s.qps, s.ttft_ms.mean, s.tpot_ms.mean, s.e2e_ms.mean, s.output_tokens_per_s
+        c.id,
+        s.succeeded,
+        s.requests,
+        s.qps,
+        s.ttft_ms.mean,
+        s.tpot_ms.mean,
+        s.e2e_ms.mean,
+        s.output_tokens_per_s
     );
     if let Some(rate) = c.server_metrics.prefix_cache_hit_rate {
         line.push_str(&format!(", prefix hits {:.1}%", rate * 100.0));

@@ -4,5 +4,6 @@ mod common;
 mod experiment;
 mod load;
 mod report;
+mod run;
 mod server;
 mod sim;

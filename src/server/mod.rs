@@ -668,13 +668,20 @@ impl RunningServer {
     /// A handle the runner's signal task keeps, to kill the group on a second Ctrl-C while this server is
     /// owned elsewhere (e.g. in the middle of `stop`).
     pub fn kill_handle(&self) -> KillHandle {
-        KillHandle { pgid: self.pgid, leader_start_ticks: self.leader_start_ticks }
+        KillHandle {
+            pgid: self.pgid,
+            leader_start_ticks: self.leader_start_ticks,
+        }
     }
 
     /// The leader's exit status if it has exited (checked without waiting): a server that died under load
     /// invalidates the load point.
     pub fn exit_status(&mut self) -> Option<String> {
-        self.child.try_wait().ok().flatten().map(|s| describe_status(&s))
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| describe_status(&s))
     }
 
     /// SIGKILL to the whole group at once (the second Ctrl-C). Does not wait: `stop` still does that.

@@ -115,7 +115,11 @@ impl std::fmt::Display for StaleCleanup {
             self.runner_pid,
             self.found.len(),
             if self.escalated { " with SIGKILL" } else { "" },
-            if self.leftovers.is_empty() { String::new() } else { format!(", {} left alive", self.leftovers.len()) },
+            if self.leftovers.is_empty() {
+                String::new()
+            } else {
+                format!(", {} left alive", self.leftovers.len())
+            },
         )
     }
 }

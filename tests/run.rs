@@ -1,0 +1,359 @@
+//! End to end through the `runner` binary and its simulated engine: a run stores every cell and the report;
+//! a rerun skips what is done and reruns only what changed; Ctrl-C exits 130 leaving no server behind; a
+//! runner killed hard leaves a server that the next run cleans up, and no finished cell is lost or rerun.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{run_in, runner_bin, text};
+
+/// A small experiment: one model, two precisions (two servers), two load points each.
+fn experiment(slow: bool, shell: bool) -> String {
+    let (out, step, requests) = if slow {
+        (48, 25, "4")
+    } else {
+        (8, 2, "max(2, 2 * concurrency)")
+    };
+    let sim = "{{ runner }} sim --port {{ port }} --startup-delay 100ms --decode-step-ms {{ decode_step_ms }} --decode-step-ms-per-seq 0 --seed 3".to_string();
+    let (command, shell_line) = if shell {
+        // The shell is the direct child (killed with the runner); the engine below it is a grandchild in
+        // the same process group, like vLLM's EngineCore and workers.
+        (format!("{sim} & wait"), "shell = true\n")
+    } else {
+        (sim, "")
+    };
+    format!(
+        r#"
+title = "e2e"
+results_dir = "results/e2e"
+[engines.sim]
+preset = "sim"
+{shell_line}command = "{command}"
+stop_grace = "3s"
+[models.tiny]
+input_tokens = 64
+output_tokens = {out}
+[models.tiny.precisions]
+fp8 = {{ path = "sim/tiny-fp8" }}
+nvfp4 = {{ path = "sim/tiny-nvfp4" }}
+[matrix]
+model = ["tiny"]
+precision = ["fp8", "nvfp4"]
+engine = ["sim"]
+decode_step_ms = [{step}]
+concurrency = [1, 2]
+[load]
+requests = "{requests}"
+warmup = 0
+timeout = "30s"
+"#
+    )
+}
+
+struct Dir {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn setup(body: &str) -> Dir {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let path = tmp.path().to_path_buf();
+    std::fs::write(path.join("e2e.toml"), body).expect("write experiment");
+    Dir { _tmp: tmp, path }
+}
+
+fn results(dir: &Path) -> PathBuf {
+    dir.join("results/e2e")
+}
+
+fn result_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![results(dir).join("cells")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "result.json") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn csv_rows(dir: &Path) -> usize {
+    let text = std::fs::read_to_string(results(dir).join("cells.csv")).unwrap_or_default();
+    text.lines().count().saturating_sub(1)
+}
+
+/// Kills the child on drop, so a failing assertion leaves nothing running.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_runner(dir: &Path) -> Guard {
+    Guard(
+        Command::new(runner_bin())
+            .args(["e2e.toml"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runner starts"),
+    )
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Process ids whose process group is `pgid` (zombies excluded), from /proc.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 3 && fields[0] != "Z" && fields[2].parse::<i32>().ok() == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn pid_file(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(results(dir).join("runner.pid")).expect("pid file");
+    serde_json::from_str(&text).expect("pid file is JSON")
+}
+
+#[test]
+fn run_stores_every_cell_and_report_then_resume_reruns_only_what_changed() {
+    let dir = setup(&experiment(false, false));
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let files = result_files(&dir.path);
+    assert_eq!(files.len(), 4, "{files:?}");
+    for f in &files {
+        let cell: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+        let s = &cell["summary"];
+        assert_eq!(s["failed"], 0);
+        assert_eq!(
+            s["output_tokens"]["exact"], s["requests"],
+            "every output exactly as asked: {s}"
+        );
+        assert_eq!(s["input_tokens"]["exact"], s["requests"]);
+        let requests = std::fs::read_to_string(f.with_file_name("requests.jsonl")).unwrap();
+        assert_eq!(
+            requests.lines().count() as u64,
+            s["requests"].as_u64().unwrap()
+        );
+    }
+    assert_eq!(csv_rows(&dir.path), 4);
+    let report = results(&dir.path).join("report");
+    assert!(report.join("summary.zh.md").is_file() && report.join("records/tiny.zh.md").is_file());
+    assert!(std::fs::read_dir(report.join("charts")).unwrap().count() >= 2);
+    assert!(
+        !results(&dir.path).join("runner.pid").exists(),
+        "pid file removed after a clean run"
+    );
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+
+    // Same file again: nothing reruns, no server starts.
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("0 cell(s) run, 4 already done"), "{stderr}");
+    assert!(!stderr.contains("starting on port"), "{stderr}");
+    let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    assert_eq!(before, after, "finished cells untouched");
+
+    // A setting of one server changes: only its two cells rerun.
+    let changed = experiment(false, false).replace("sim/tiny-nvfp4", "sim/tiny-nvfp4-v2");
+    std::fs::write(dir.path.join("e2e.toml"), changed).unwrap();
+    let plan = run_in(&dir.path, &["plan", "e2e.toml"]);
+    let plan_out = text(&plan.stdout);
+    assert!(
+        plan_out.contains("2 done, 0 pending, 0 failed, 2 changed"),
+        "{plan_out}"
+    );
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("2 cell(s) run, 2 already done"), "{stderr}");
+    let fp8_after: Vec<Vec<u8>> = files
+        .iter()
+        .filter(|f| f.to_string_lossy().contains("/fp8/"))
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    let fp8_before: Vec<Vec<u8>> = files
+        .iter()
+        .zip(&before)
+        .filter(|(f, _)| f.to_string_lossy().contains("/fp8/"))
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(fp8_after, fp8_before);
+
+    // `runner report` re-renders from results alone.
+    std::fs::remove_file(report.join("summary.zh.md")).unwrap();
+    let out = run_in(&dir.path, &["report", "e2e.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(report.join("summary.zh.md").is_file());
+}
+
+#[test]
+fn ctrl_c_mid_load_exits_130_tears_the_server_down_and_keeps_finished_cells() {
+    let dir = setup(&experiment(true, false));
+    let mut runner = spawn_runner(&dir.path);
+    // Wait until one cell is stored and the server is in its second load point.
+    wait_for("the first finished cell", Duration::from_secs(60), || {
+        !result_files(&dir.path).is_empty()
+    });
+    let pgid = pid_file(&dir.path)["pgid"].as_i64().expect("pgid") as i32;
+    assert!(!group_members(pgid).is_empty(), "the server runs");
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(runner.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = runner.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "runner did not exit after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        group_members(pgid).is_empty(),
+        "no process of the server's group is left"
+    );
+    assert!(!results(&dir.path).join("runner.pid").exists());
+    let files = result_files(&dir.path);
+    assert!(!files.is_empty() && files.len() < 4, "{files:?}");
+    for f in &files {
+        let cell: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(f).unwrap()).expect("finished cell intact");
+        assert_eq!(cell["summary"]["failed"], 0);
+    }
+    // Resuming finishes the rest without redoing the finished cells.
+    let kept: Vec<(PathBuf, Vec<u8>)> = files
+        .iter()
+        .map(|f| (f.clone(), std::fs::read(f).unwrap()))
+        .collect();
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(result_files(&dir.path).len(), 4);
+    for (f, bytes) in kept {
+        assert_eq!(
+            std::fs::read(&f).unwrap(),
+            bytes,
+            "{} was rerun",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn runner_killed_hard_leaves_a_server_the_next_run_cleans_up() {
+    let dir = setup(&experiment(true, true));
+    let mut runner = spawn_runner(&dir.path);
+    wait_for("the first finished cell", Duration::from_secs(60), || {
+        !result_files(&dir.path).is_empty()
+    });
+    let pgid = pid_file(&dir.path)["pgid"].as_i64().expect("pgid") as i32;
+    let first = result_files(&dir.path);
+    let kept: Vec<Vec<u8>> = first.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    runner.0.kill().expect("SIGKILL the runner");
+    runner.0.wait().expect("reaped");
+    // The engine (a grandchild in the server's group) outlives the runner, as vLLM's workers do.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !group_members(pgid).is_empty(),
+        "the stale engine is still running"
+    );
+    assert!(results(&dir.path).join("runner.pid").exists());
+
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("cleaned up a stale server"), "{stderr}");
+    assert!(group_members(pgid).is_empty(), "stale group gone");
+    assert_eq!(result_files(&dir.path).len(), 4);
+    for (f, bytes) in first.iter().zip(kept) {
+        assert_eq!(
+            std::fs::read(f).unwrap(),
+            bytes,
+            "{} was rerun or lost",
+            f.display()
+        );
+    }
+    assert_eq!(csv_rows(&dir.path), 4);
+}
+
+#[test]
+fn unwritable_results_dir_is_bad_input_and_starts_nothing() {
+    let dir =
+        setup(&experiment(false, false).replace("results/e2e", "/proc/runner-cannot-write-here"));
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not writable") && stderr.contains("e2e.toml"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("starting on port"));
+}
+
+#[test]
+fn a_server_that_never_gets_ready_fails_its_cells_and_the_run_goes_on() {
+    let body = experiment(false, false)
+        .replace(
+            "--seed 3",
+            "--seed 3 {% if precision == \\\"fp8\\\" %}--never-ready{% endif %}",
+        )
+        .replace("[engines.sim]\n", "[engines.sim]\nready_timeout = \"2s\"\n");
+    let dir = setup(&body);
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        result_files(&dir.path).len(),
+        2,
+        "the nvfp4 server still ran"
+    );
+    let failure = results(&dir.path).join("cells/tiny/fp8/sim/c1/failure.json");
+    let f: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&failure).expect("failure record")).unwrap();
+    assert!(
+        f["reason"].as_str().unwrap_or_default().contains("ready"),
+        "{f}"
+    );
+    let server: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(results(&dir.path).join("servers/tiny/fp8/sim/server.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(server["status"], "failed");
+}
