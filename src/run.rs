@@ -341,6 +341,9 @@ async fn run_server(
         *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         record.teardown_s = Some(teardown.seconds);
         record.teardown_escalated = Some(teardown.escalated);
+        record.teardown_leftovers = teardown.leftovers.clone();
+        record.port_freed = Some(teardown.port_freed);
+        record.gpu_wait_s = teardown.gpu_wait_s;
         if !teardown.leftovers.is_empty() || !teardown.port_freed {
             reporter.line(format!(
                 "  warning: after teardown {} process(es) of the group remain and the port is {}",

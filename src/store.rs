@@ -158,6 +158,15 @@ pub struct ServerRecord {
     pub teardown_s: Option<f64>,
     /// SIGKILL was needed after the grace period.
     pub teardown_escalated: Option<bool>,
+    /// Processes of the server's group still alive after teardown (should be empty).
+    #[serde(default)]
+    pub teardown_leftovers: Vec<u32>,
+    /// The port could be bound again after teardown.
+    #[serde(default)]
+    pub port_freed: Option<bool>,
+    /// Seconds spent waiting for GPU memory to be released after teardown (GPU hosts only).
+    #[serde(default)]
+    pub gpu_wait_s: Option<f64>,
     pub started_at: String,
     pub status: String,
     pub reason: Option<String>,

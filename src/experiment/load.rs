@@ -240,7 +240,8 @@ pub fn resolve(
 
     let warmup = int("warmup", 0, &mut bad).unwrap_or(1);
     let max_inflight = int("max_inflight", 1, &mut bad);
-    let shared = int("shared_prefix_tokens", 1, &mut bad);
+    // 0 means no shared prefix, so a matrix can compare `shared_prefix_tokens = [0, 512]`.
+    let shared = int("shared_prefix_tokens", 0, &mut bad).filter(|n| *n > 0);
     let seed = match layers.get("seed") {
         None => 0,
         Some(l) => match &l.value {
@@ -281,7 +282,7 @@ pub fn resolve(
                     bad(
                         l,
                         "`shared_prefix` needs the prefix length".into(),
-                        Some("add `shared_prefix_tokens = N`".into()),
+                        Some("add `shared_prefix_tokens = N` with N ≥ 1".into()),
                     );
                     None
                 }
@@ -311,6 +312,7 @@ pub fn resolve(
     }
     if let (Some(PromptMode::Unique), Some(l)) = (&prompt, layers.get("shared_prefix_tokens"))
         && layers.contains_key("prompt")
+        && shared.is_some()
     {
         bad(
             l,
