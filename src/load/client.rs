@@ -25,16 +25,20 @@ pub struct LoadClient {
 }
 
 impl LoadClient {
-    /// A client for 1000+ concurrent streams: no pool cap, no total timeout (each request carries its
-    /// own), Nagle off, no proxy (loopback benchmarks must never go through one found in the environment).
+    /// A client for 1000+ concurrent streams: no total timeout (each request carries its own), Nagle off,
+    /// no proxy (loopback benchmarks must never go through one found in the environment), and a fresh
+    /// connection per request. Reusing idle connections raced with servers that close them (llama.cpp's
+    /// HTTP library ends a connection after a few requests): a request sent on a connection the server had
+    /// just closed failed with "connection closed before message completed", a client artefact counted
+    /// as a failed request. A loopback connect costs well under a millisecond, and concurrent streams need
+    /// one connection each anyway.
     pub fn new() -> anyhow::Result<LoadClient> {
         raise_fd_limit();
         let http = reqwest::Client::builder()
             .no_proxy()
             .http1_only()
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(usize::MAX)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(0)
             .connect_timeout(Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;
