@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (the README's, and what .ci/run runs): makes sure the CPU engines and the tiny
+# model are installed in the cache outside the clone (the first time takes a while; afterwards seconds),
+# then runs every test with them, the real-engine tier included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-engines.sh
+# shellcheck disable=SC1091
+source "${RUNNER_ENGINES_DIR:-$HOME/.cache/runner-engines}/env.sh"
+cargo test "$@"
