@@ -17,6 +17,8 @@ use crate::engine::Dialect;
 
 /// Error bodies and messages are kept to this many bytes in a record.
 const MESSAGE_LIMIT: usize = 1024;
+/// How long the body may take to end after `[DONE]`.
+const AFTER_DONE_GRACE: Duration = Duration::from_secs(1);
 
 /// One HTTP client for a whole run: keep-alive connections reused across load points.
 #[derive(Clone)]
@@ -260,9 +262,20 @@ async fn stream_into(
     let mut parser = super::sse::SseParser::new();
     let mut state = StreamState::default();
     loop {
-        let chunk = match response.chunk().await {
+        let next = if state.done {
+            // After `[DONE]` only the end of the body should follow; a server that holds the connection
+            // open must not turn a complete response into a timeout.
+            match tokio::time::timeout(AFTER_DONE_GRACE, response.chunk()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            }
+        } else {
+            response.chunk().await
+        };
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
+            Err(_) if state.done => break,
             Err(e) => {
                 let kind = classify(&e, true);
                 return Err(state.error.take().unwrap_or((kind, error_text(&e))));
