@@ -90,7 +90,11 @@ pub async fn drive(
         progress: progress.clone(),
     });
 
-    let stop = AtomicBool::new(false);
+    // The monitor is a spawned task so that it runs on the worker threads that read the streams (the
+    // caller may poll this future from a thread outside the pool, e.g. `block_on`). Dropping the guard
+    // (cancellation) aborts it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut monitor = AbortOnDrop(tokio::spawn(lag_monitor(Arc::clone(&stop))));
     let cpu_before = cpu_time();
     let phases = async {
         let warm = 0..spec.warmup;
@@ -111,7 +115,11 @@ pub async fn drive(
         stop.store(true, Ordering::Relaxed);
         records
     };
-    let (mut records, lags) = tokio::join!(phases, lag_monitor(&stop));
+    let mut records = phases.await;
+    let lags = match (&mut monitor.0).await {
+        Ok(lags) => lags,
+        Err(_) => Vec::new(),
+    };
     let cpu_s = cpu_time() - cpu_before;
     records.sort_by_key(|r| r.index);
 
@@ -225,7 +233,7 @@ async fn collect(mut set: JoinSet<Vec<RequestRecord>>) -> Vec<RequestRecord> {
 }
 
 /// Wakes every [`LAG_PERIOD`] until `stop`, returning how late each wake-up was (ms).
-async fn lag_monitor(stop: &AtomicBool) -> Vec<f64> {
+async fn lag_monitor(stop: Arc<AtomicBool>) -> Vec<f64> {
     let mut lags = Vec::new();
     let mut next = Instant::now() + LAG_PERIOD;
     while !stop.load(Ordering::Relaxed) {
@@ -236,6 +244,15 @@ async fn lag_monitor(stop: &AtomicBool) -> Vec<f64> {
         next = (next + LAG_PERIOD).max(now + LAG_PERIOD / 2);
     }
     lags
+}
+
+/// Aborts a spawned task when dropped, so that cancellation leaves nothing running.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// User + system CPU time of this process, seconds.
