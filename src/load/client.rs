@@ -202,7 +202,7 @@ pub fn ms_since(t0: Instant, t: Instant) -> f64 {
 
 /// Sends one streamed request and fills `rec` (whose scheduling fields the caller has set). Never fails:
 /// every problem becomes the record's error kind and message.
-pub async fn execute(call: &Call<'_>, body: Vec<u8>, rec: &mut RequestRecord) {
+pub async fn execute(call: &Call<'_>, body: bytes::Bytes, rec: &mut RequestRecord) {
     let outcome = tokio::time::timeout(call.timeout, stream_into(call, body, rec)).await;
     let end = Instant::now();
     let error = match outcome {
@@ -241,7 +241,7 @@ pub async fn execute(call: &Call<'_>, body: Vec<u8>, rec: &mut RequestRecord) {
 
 async fn stream_into(
     call: &Call<'_>,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     rec: &mut RequestRecord,
 ) -> Result<StreamState, (ErrorKind, String)> {
     let mut response = call
