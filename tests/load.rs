@@ -280,3 +280,51 @@ async fn chat_api_counts_output_and_reports_template_tokens() {
         assert!(r.prompt_tokens.unwrap() > 20 && r.input_mismatch);
     }
 }
+
+/// Kills the child on every exit path, so a failed assertion leaves no process behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn bench_client_prints_a_row_per_concurrency() {
+    use std::io::Read;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "bench-client",
+            "--concurrency",
+            "1,3",
+            "--input-tokens",
+            "16",
+        ])
+        .args(["--output-tokens", "4", "--ttft-ms", "5", "--itl-ms", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "bench-client did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("| 1 | 10/10 | 1 |"), "{out}");
+    assert!(out.contains("| 3 | 10/10 | 3 |"), "{out}");
+}
