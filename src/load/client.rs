@@ -17,6 +17,8 @@ use crate::engine::Dialect;
 
 /// Error bodies and messages are kept to this many bytes in a record.
 const MESSAGE_LIMIT: usize = 1024;
+/// How long the body may take to end after `[DONE]`.
+const AFTER_DONE_GRACE: Duration = Duration::from_secs(1);
 
 /// One HTTP client for a whole run: keep-alive connections reused across load points.
 #[derive(Clone)]
@@ -204,7 +206,7 @@ pub fn ms_since(t0: Instant, t: Instant) -> f64 {
 
 /// Sends one streamed request and fills `rec` (whose scheduling fields the caller has set). Never fails:
 /// every problem becomes the record's error kind and message.
-pub async fn execute(call: &Call<'_>, body: Vec<u8>, rec: &mut RequestRecord) {
+pub async fn execute(call: &Call<'_>, body: bytes::Bytes, rec: &mut RequestRecord) {
     let outcome = tokio::time::timeout(call.timeout, stream_into(call, body, rec)).await;
     let end = Instant::now();
     let error = match outcome {
@@ -243,7 +245,7 @@ pub async fn execute(call: &Call<'_>, body: Vec<u8>, rec: &mut RequestRecord) {
 
 async fn stream_into(
     call: &Call<'_>,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     rec: &mut RequestRecord,
 ) -> Result<StreamState, (ErrorKind, String)> {
     let mut response = call
@@ -264,9 +266,20 @@ async fn stream_into(
     let mut parser = super::sse::SseParser::new();
     let mut state = StreamState::default();
     loop {
-        let chunk = match response.chunk().await {
+        let next = if state.done {
+            // After `[DONE]` only the end of the body should follow; a server that holds the connection
+            // open must not turn a complete response into a timeout.
+            match tokio::time::timeout(AFTER_DONE_GRACE, response.chunk()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            }
+        } else {
+            response.chunk().await
+        };
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
+            Err(_) if state.done => break,
             Err(e) => {
                 let kind = classify(&e, true);
                 return Err(state.error.take().unwrap_or((kind, error_text(&e))));

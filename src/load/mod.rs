@@ -79,6 +79,9 @@ pub struct PointOutcome {
     pub records: Vec<RequestRecord>,
     pub summary: Summary,
     pub server_metrics: ServerMetrics,
+    /// The instant every time in `records` is relative to (lets a caller line records up with other
+    /// monotonic timestamps, e.g. an engine's timing log).
+    pub t0: std::time::Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +124,8 @@ pub async fn run_point(
         None => None,
     };
 
-    let drive = schedule::drive(client, target, spec, prompts, progress);
+    let t0 = std::time::Instant::now();
+    let drive = schedule::drive(client, target, spec, prompts, progress, t0);
     let (records, check) = tokio::select! {
         out = drive => out,
         () = cancel.cancelled() => return Err(LoadError::Interrupted),
@@ -141,5 +145,6 @@ pub async fn run_point(
         records,
         summary,
         server_metrics,
+        t0,
     })
 }

@@ -36,6 +36,11 @@ pub const LAG_PERIOD: Duration = Duration::from_millis(2);
 /// Scheduling lag p99 (ms) above which a point is flagged: the client may have inflated TTFT/ITL.
 pub const SATURATION_P99_MS: f64 = 5.0;
 
+/// Request bodies are built before the point when all of them fit in this many bytes. Building a body
+/// (prompt draws + JSON) costs tens of microseconds; in closed loop whole waves of streams resend at the
+/// same instant, and building their bodies then would delay every send of the wave.
+pub const PREBUILT_BODY_BUDGET: usize = 512 << 20;
+
 /// What every request of a point shares.
 struct Shared {
     http: reqwest::Client,
@@ -44,6 +49,8 @@ struct Shared {
     dialect: Dialect,
     chat: bool,
     prompts: PromptSource,
+    /// Request bodies built before the point starts, when they fit in [`PREBUILT_BODY_BUDGET`].
+    prebuilt: Vec<(bytes::Bytes, Option<u32>)>,
     t0: Instant,
     timeout: Duration,
     input_tokens: u32,
@@ -55,13 +62,15 @@ struct Shared {
     progress: Progress,
 }
 
-/// Runs warm-up and the measured phase; returns every record (in issue order) and the self-check.
+/// Runs warm-up and the measured phase; returns every record (in issue order, times relative to `t0`)
+/// and the self-check.
 pub async fn drive(
     client: &LoadClient,
     target: &Target,
     spec: &LoadSpec,
     prompts: PromptSource,
     progress: &Progress,
+    t0: Instant,
 ) -> (Vec<RequestRecord>, ClientCheck) {
     let chat = spec.api == Api::Chat;
     let rate = spec.request_rate;
@@ -72,6 +81,27 @@ pub async fn drive(
         ),
         None => spec.max_inflight.filter(|&m| m < spec.concurrency),
     };
+    // Building the prompts is part of what the client costs.
+    let cpu_before = cpu_time();
+    let total = spec.warmup + spec.requests;
+    // A token id is at most 6 digits and a comma.
+    let estimate = (spec.input_tokens as usize * 7 + 512) * total as usize;
+    let build = |index: u32| {
+        let prompt = prompts.prompt(index);
+        let body = client::body(
+            &target.model,
+            &prompt,
+            chat,
+            spec.output_tokens,
+            target.dialect,
+        );
+        (bytes::Bytes::from(body), prompt.known_tokens())
+    };
+    let prebuilt = if estimate <= PREBUILT_BODY_BUDGET {
+        (0..total).map(build).collect()
+    } else {
+        Vec::new()
+    };
     let shared = Arc::new(Shared {
         http: client.http().clone(),
         url: target.url(chat),
@@ -79,7 +109,8 @@ pub async fn drive(
         dialect: target.dialect,
         chat,
         prompts,
-        t0: Instant::now(),
+        prebuilt,
+        t0,
         timeout: spec.timeout,
         input_tokens: spec.input_tokens,
         output_tokens: spec.output_tokens,
@@ -90,8 +121,11 @@ pub async fn drive(
         progress: progress.clone(),
     });
 
-    let stop = AtomicBool::new(false);
-    let cpu_before = cpu_time();
+    // The monitor is a spawned task so that it runs on the worker threads that read the streams (the
+    // caller may poll this future from a thread outside the pool, e.g. `block_on`). Dropping the guard
+    // (cancellation) aborts it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut monitor = AbortOnDrop(tokio::spawn(lag_monitor(Arc::clone(&stop))));
     let phases = async {
         let warm = 0..spec.warmup;
         let mut records = closed_loop(
@@ -111,7 +145,9 @@ pub async fn drive(
         stop.store(true, Ordering::Relaxed);
         records
     };
-    let (mut records, lags) = tokio::join!(phases, lag_monitor(&stop));
+    let mut records = phases.await;
+    // The monitor only ends by the stop flag; a join error would mean it was aborted: no samples.
+    let lags: Vec<f64> = (&mut monitor.0).await.unwrap_or_default();
     let cpu_s = cpu_time() - cpu_before;
     records.sort_by_key(|r| r.index);
 
@@ -129,8 +165,14 @@ pub async fn drive(
 
 /// Sends one request: prompt and body first (not timed), then the gate, then the timed request.
 async fn one(sh: &Shared, index: u32, warmup: bool, intended: Instant) -> RequestRecord {
-    let prompt = sh.prompts.prompt(index);
-    let body = client::body(&sh.model, &prompt, sh.chat, sh.output_tokens, sh.dialect);
+    let (body, known_tokens) = match sh.prebuilt.get(index as usize) {
+        Some(built) => built.clone(),
+        None => {
+            let prompt = sh.prompts.prompt(index);
+            let body = client::body(&sh.model, &prompt, sh.chat, sh.output_tokens, sh.dialect);
+            (bytes::Bytes::from(body), prompt.known_tokens())
+        }
+    };
     // A closed semaphore cannot happen (we never close it); without a permit we simply go ahead.
     let _permit = match &sh.gate {
         Some(gate) => gate.acquire().await.ok(),
@@ -150,7 +192,7 @@ async fn one(sh: &Shared, index: u32, warmup: bool, intended: Instant) -> Reques
         } else {
             sent_ms
         },
-        prompt_tokens_sent: prompt.known_tokens(),
+        prompt_tokens_sent: known_tokens,
         ..RequestRecord::default()
     };
     let call = Call {
@@ -225,7 +267,7 @@ async fn collect(mut set: JoinSet<Vec<RequestRecord>>) -> Vec<RequestRecord> {
 }
 
 /// Wakes every [`LAG_PERIOD`] until `stop`, returning how late each wake-up was (ms).
-async fn lag_monitor(stop: &AtomicBool) -> Vec<f64> {
+async fn lag_monitor(stop: Arc<AtomicBool>) -> Vec<f64> {
     let mut lags = Vec::new();
     let mut next = Instant::now() + LAG_PERIOD;
     while !stop.load(Ordering::Relaxed) {
@@ -236,6 +278,15 @@ async fn lag_monitor(stop: &AtomicBool) -> Vec<f64> {
         next = (next + LAG_PERIOD).max(now + LAG_PERIOD / 2);
     }
     lags
+}
+
+/// Aborts a spawned task when dropped, so that cancellation leaves nothing running.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// User + system CPU time of this process, seconds.
