@@ -11,6 +11,7 @@ pub mod engine;
 pub mod envinfo;
 pub mod exit;
 pub mod experiment;
+pub mod limits;
 pub mod load;
 pub mod plan;
 pub mod progress;

@@ -12,10 +12,19 @@ use std::path::Path;
 
 use crate::common::{repo, text};
 
-const NEEDED: &[&str] = &["RUNNER_VLLM", "RUNNER_LLAMA_SERVER", "RUNNER_TINY_MODEL_HF", "RUNNER_TINY_MODEL_GGUF"];
+const NEEDED: &[&str] = &[
+    "RUNNER_VLLM",
+    "RUNNER_LLAMA_SERVER",
+    "RUNNER_TINY_MODEL_HF",
+    "RUNNER_TINY_MODEL_GGUF",
+];
 
 fn engines_present() -> bool {
-    let missing: Vec<&str> = NEEDED.iter().copied().filter(|v| std::env::var_os(v).is_none()).collect();
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .copied()
+        .filter(|v| std::env::var_os(v).is_none())
+        .collect();
     if missing.is_empty() {
         return true;
     }
@@ -49,17 +58,33 @@ fn real_engines_end_to_end() {
         .expect("runner starts");
     let stderr = text(&out.stderr);
     eprintln!("{stderr}");
-    assert_eq!(out.status.code(), Some(0), "the tier's run failed:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the tier's run failed:\n{stderr}"
+    );
 
     let results = dir.path().join("results/cpu-engines");
     let mut checked = 0;
     for engine in ["vllm", "llama-cpp"] {
         let server = json(&results.join(format!("servers/tiny/bf16/{engine}/server.json")));
         assert_eq!(server["status"], "ok", "{server}");
-        assert!(server["time_to_ready_s"].as_f64().is_some_and(|s| s > 0.0), "readiness detected: {server}");
-        assert_eq!(server["teardown_leftovers"], serde_json::json!([]), "nothing of the group left: {server}");
+        assert!(
+            server["time_to_ready_s"].as_f64().is_some_and(|s| s > 0.0),
+            "readiness detected: {server}"
+        );
+        assert_eq!(
+            server["teardown_leftovers"],
+            serde_json::json!([]),
+            "nothing of the group left: {server}"
+        );
         assert_eq!(server["port_freed"], true, "{server}");
-        assert!(server["engine_version"].as_str().is_some_and(|v| !v.is_empty()), "{server}");
+        assert!(
+            server["engine_version"]
+                .as_str()
+                .is_some_and(|v| !v.is_empty()),
+            "{server}"
+        );
         for c in [1, 4] {
             for prefix in [0, 192] {
                 let cell = json(&results.join(format!(
@@ -70,16 +95,35 @@ fn real_engines_end_to_end() {
                 let what = format!("{engine} c{c} prefix {prefix}: {s}");
                 // Every request exact, by the server's own usage (unknown or mismatched would show here).
                 assert_eq!(s["failed"], 0, "{what}");
-                assert_eq!(s["input_tokens"]["exact"].as_u64(), Some(requests), "{what}");
-                assert_eq!(s["output_tokens"]["exact"].as_u64(), Some(requests), "{what}");
+                assert_eq!(
+                    s["input_tokens"]["exact"].as_u64(),
+                    Some(requests),
+                    "{what}"
+                );
+                assert_eq!(
+                    s["output_tokens"]["exact"].as_u64(),
+                    Some(requests),
+                    "{what}"
+                );
                 assert_eq!(s["output_tokens"]["expected"], 32, "{what}");
                 let rate = cell["server_metrics"]["prefix_cache_hit_rate"]
                     .as_f64()
-                    .unwrap_or_else(|| panic!("no hit rate from the server's counters: {}", cell["server_metrics"]));
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "no hit rate from the server's counters: {}",
+                            cell["server_metrics"]
+                        )
+                    });
                 if prefix == 0 {
-                    assert!(rate < 0.05, "unique prompts must not hit the prefix cache: {rate} ({what})");
+                    assert!(
+                        rate < 0.05,
+                        "unique prompts must not hit the prefix cache: {rate} ({what})"
+                    );
                 } else {
-                    assert!(rate > 0.3, "a 192-of-256-token shared prefix must hit: {rate} ({what})");
+                    assert!(
+                        rate > 0.3,
+                        "a 192-of-256-token shared prefix must hit: {rate} ({what})"
+                    );
                 }
                 checked += 1;
             }
@@ -89,5 +133,8 @@ fn real_engines_end_to_end() {
     let csv = std::fs::read_to_string(results.join("cells.csv")).expect("cells.csv");
     assert_eq!(csv.lines().count(), 9, "a header and 8 rows");
     let summary = std::fs::read_to_string(results.join("report/summary.zh.md")).expect("summary");
-    assert!(summary.contains("Tiny Llama") && summary.contains("vllm"), "report names model and engine");
+    assert!(
+        summary.contains("Tiny Llama") && summary.contains("vllm"),
+        "report names model and engine"
+    );
 }

@@ -35,7 +35,7 @@ impl LoadClient {
     /// as a failed request. A loopback connect costs well under a millisecond, and concurrent streams need
     /// one connection each anyway.
     pub fn new() -> anyhow::Result<LoadClient> {
-        raise_fd_limit();
+        crate::limits::raise_open_files_limit();
         let http = reqwest::Client::builder()
             .no_proxy()
             .http1_only()
@@ -49,22 +49,6 @@ impl LoadClient {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
-    }
-}
-
-/// Each open stream needs a file descriptor; the default soft limit (often 1024) would cap concurrency
-/// below 1000. Raising the soft limit to the hard one is harmless; failure only means we stay lower.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }
 

@@ -43,11 +43,20 @@ pub fn engine_version(command_line: &str, timeout: Duration) -> Option<String> {
 /// skipping log lines engines print first (vLLM's CPU build starts with a Triton warning); without one,
 /// the first non-empty line.
 pub fn version_line(output: &str) -> Option<String> {
-    let lines: Vec<&str> = output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let looks_like_log = |l: &str| ["INFO", "WARNING", "WARN", "DEBUG", "ERROR"].iter().any(|w| l.contains(w));
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let looks_like_log = |l: &str| {
+        ["INFO", "WARNING", "WARN", "DEBUG", "ERROR"]
+            .iter()
+            .any(|w| l.contains(w))
+    };
     let has_version = |l: &str| {
         let b = l.as_bytes();
-        b.windows(3).any(|w| w[0].is_ascii_digit() && w[1] == b'.' && w[2].is_ascii_digit())
+        b.windows(3)
+            .any(|w| w[0].is_ascii_digit() && w[1] == b'.' && w[2].is_ascii_digit())
     };
     lines
         .iter()
@@ -77,10 +86,15 @@ mod tests {
 
     #[test]
     fn version_line_skips_log_noise() {
-        let vllm = "Triton is installed, but doesn't include CPU backend. Disabling Triton.\n0.32.0\n";
+        let vllm =
+            "Triton is installed, but doesn't include CPU backend. Disabling Triton.\n0.32.0\n";
         assert_eq!(version_line(vllm).as_deref(), Some("0.32.0"));
-        let llama = "version: 0.6.0-dev (build 0, commit unknown)\nbuilt with cc 12.2.0 for x86_64\n";
-        assert_eq!(version_line(llama).as_deref(), Some("version: 0.6.0-dev (build 0, commit unknown)"));
+        let llama =
+            "version: 0.6.0-dev (build 0, commit unknown)\nbuilt with cc 12.2.0 for x86_64\n";
+        assert_eq!(
+            version_line(llama).as_deref(),
+            Some("version: 0.6.0-dev (build 0, commit unknown)")
+        );
         let logged = "INFO 11-22 [x.py:1] version 1.2.3 loading\n0.5.6.post2\n";
         assert_eq!(version_line(logged).as_deref(), Some("0.5.6.post2"));
         assert_eq!(version_line("dev build\n").as_deref(), Some("dev build"));

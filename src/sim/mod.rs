@@ -590,7 +590,7 @@ pub fn main(args: SimArgs) -> anyhow::Result<()> {
         eprintln!("sim: {}", SimExit::AtStart(code));
         std::process::exit(code);
     }
-    raise_open_files_limit();
+    crate::limits::raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -658,21 +658,6 @@ fn shutdown_signal(
             break;
         }
     })
-}
-
-/// A thousand streams need a thousand sockets: lift the soft limit on open files to the hard one.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for getrlimit to fill and setrlimit to read.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 #[cfg(test)]
