@@ -86,6 +86,14 @@ pub struct RequestRecord {
     /// `usage.completion_tokens` differs from the target output length, or more content messages were
     /// streamed than the server says it generated.
     pub output_mismatch: bool,
+    /// Times the request was sent again because a reused connection had been closed by the server before
+    /// it answered (the server never saw those attempts).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl RequestRecord {

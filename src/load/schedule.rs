@@ -44,6 +44,7 @@ pub const PREBUILT_BODY_BUDGET: usize = 512 << 20;
 /// What every request of a point shares.
 struct Shared {
     http: reqwest::Client,
+    fresh: reqwest::Client,
     url: String,
     model: String,
     dialect: Dialect,
@@ -104,6 +105,7 @@ pub async fn drive(
     };
     let shared = Arc::new(Shared {
         http: client.http().clone(),
+        fresh: client.fresh().clone(),
         url: target.url(chat),
         model: target.model.clone(),
         dialect: target.dialect,
@@ -197,6 +199,7 @@ async fn one(sh: &Shared, index: u32, warmup: bool, intended: Instant) -> Reques
     };
     let call = Call {
         http: &sh.http,
+        fresh: &sh.fresh,
         url: &sh.url,
         t0: sh.t0,
         timeout: sh.timeout,
