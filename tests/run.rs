@@ -357,3 +357,45 @@ fn a_server_that_never_gets_ready_fails_its_cells_and_the_run_goes_on() {
     .unwrap();
     assert_eq!(server["status"], "failed");
 }
+
+#[test]
+fn demo_killed_mid_run_then_rerun_loses_and_repeats_nothing() {
+    let body = std::fs::read_to_string(crate::common::repo().join("experiments/demo.toml"))
+        .expect("demo.toml");
+    let dir = setup(&body.replace("results/demo", "results/e2e"));
+    let mut runner = spawn_runner(&dir.path);
+    wait_for("two finished demo cells", Duration::from_secs(120), || {
+        result_files(&dir.path).len() >= 2
+    });
+    runner.0.kill().expect("SIGKILL the runner");
+    runner.0.wait().expect("reaped");
+    let first: Vec<(PathBuf, Vec<u8>)> = result_files(&dir.path)
+        .into_iter()
+        .map(|f| (f.clone(), std::fs::read(&f).unwrap()))
+        .collect();
+    assert!(first.len() < 12, "killed mid-run");
+
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} cell(s) run, {} already done",
+            12 - first.len(),
+            first.len()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(result_files(&dir.path).len(), 12);
+    for (f, bytes) in first {
+        assert_eq!(
+            std::fs::read(&f).unwrap(),
+            bytes,
+            "{} was rerun or lost",
+            f.display()
+        );
+    }
+    assert_eq!(csv_rows(&dir.path), 12);
+    let summary = std::fs::read_to_string(results(&dir.path).join("report/summary.zh.md")).unwrap();
+    assert!(summary.contains("完成 12/12"), "the report is complete");
+}
