@@ -383,21 +383,22 @@ mod tests {
             .collect()
     }
 
-    fn workload() -> (Vocab,) {
-        (Vocab {
-            tokenizer: None,
-            id_range: [100, 30000],
-        },)
+    const VOCAB: Vocab = Vocab {
+        tokenizer: None,
+        id_range: [100, 30000],
+    };
+
+    fn workload(input_tokens: u32, output_tokens: u32) -> Workload<'static> {
+        Workload {
+            input_tokens,
+            output_tokens,
+            vocab: &VOCAB,
+        }
     }
 
     #[test]
     fn defaults_follow_the_seed() {
-        let (vocab,) = workload();
-        let w = Workload {
-            input_tokens: 10000,
-            output_tokens: 800,
-            vocab: &vocab,
-        };
+        let w = workload(10000, 800);
         let spec = resolve(40, &layers(&[]), &w).unwrap();
         assert_eq!(spec.requests, 120);
         assert_eq!(spec.warmup, 1);
@@ -408,12 +409,7 @@ mod tests {
 
     #[test]
     fn all_problems_reported() {
-        let (vocab,) = workload();
-        let w = Workload {
-            input_tokens: 100,
-            output_tokens: 8,
-            vocab: &vocab,
-        };
+        let w = workload(100, 8);
         let l = layers(&[
             ("requests", Scalar::Str("3 * concurency".into())),
             ("timeout", Scalar::Str("10 minutes-ish".into())),
@@ -427,12 +423,7 @@ mod tests {
 
     #[test]
     fn shared_prefix_must_leave_room() {
-        let (vocab,) = workload();
-        let w = Workload {
-            input_tokens: 100,
-            output_tokens: 8,
-            vocab: &vocab,
-        };
+        let w = workload(100, 8);
         let l = layers(&[
             ("prompt", Scalar::Str("shared_prefix".into())),
             ("shared_prefix_tokens", Scalar::Int(100)),
