@@ -72,7 +72,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Args;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, oneshot, watch};
 
 pub use batch::BatchParams;
@@ -82,6 +82,9 @@ use crate::exit::Failure;
 
 /// How long in-flight connections get to close after a shutdown signal before the server stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`). The usual 128 overflows when a
+/// client opens a thousand connections at once, and each dropped SYN costs that client a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Knobs of the simulated engine. Durations take units ("2s", "500ms") or a bare number of milliseconds.
 #[derive(Debug, Args, Clone)]
@@ -439,7 +442,7 @@ impl SimExit {
     }
 }
 
-/// Serves the simulated engine on `listener` until `shutdown` completes, then lets in-flight streams end
+/// Serves the simulated engine on `listener` (best made by [`bind`]) until `shutdown` completes, then lets in-flight streams end
 /// with an error event and waits (at most a few seconds) for connections to close. Returns a [`SimExit`]
 /// error for the fault knobs that end the process, without waiting for anything.
 pub async fn serve(
@@ -525,6 +528,18 @@ pub async fn serve(
     result
 }
 
+/// Binds a listener for [`serve`] with a backlog deep enough for a thousand simultaneous connects.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// An in-process simulated engine on a free local port, for tests and rehearsals. Dropping it shuts the
 /// server down in the background; [`SimHandle::stop`] waits for that.
 pub struct SimHandle {
@@ -537,7 +552,7 @@ impl SimHandle {
     /// Binds 127.0.0.1 on a free port and serves `config` on the current tokio runtime.
     pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
         config.validate().map_err(Failure::bad_input)?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = bind((Ipv4Addr::LOCALHOST, 0).into())?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, config, async move {
@@ -608,8 +623,7 @@ pub fn main(args: SimArgs) -> anyhow::Result<()> {
             }
             config.startup_delay = Duration::ZERO;
         }
-        let listener = TcpListener::bind((args.host, args.port))
-            .await
+        let listener = bind((args.host, args.port).into())
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
         eprintln!("sim: listening on http://{addr}");
@@ -660,8 +674,8 @@ fn shutdown_signal(
     })
 }
 
-/// A thousand streams need a thousand sockets: lift the soft limit on open files to the hard one.
-fn raise_open_files_limit() {
+/// A thousand streams need a thousand sockets: lifts the soft limit on open files to the hard one.
+pub fn raise_open_files_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
