@@ -1168,3 +1168,50 @@ async fn binary_refuses_connections_until_ready_when_told() {
     );
     assert!(ready && t0.elapsed() >= Duration::from_millis(1500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_knobs_show_the_demo_shapes_quickly() {
+    // The demo's cell shape: 1000-token prompts, 64 output tokens, concurrency 1 then 4.
+    let t0 = Instant::now();
+    let (sim, log, _dir) = with_log(quick()).await;
+    let url = sim.url();
+    stream(&url, "/v1/completions", completion(json!(ids(0, 1000)), 64)).await;
+    let tasks: Vec<_> = (1..=4)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                stream(
+                    &url,
+                    "/v1/completions",
+                    completion(json!(ids(i * 1000, 1000)), 64),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().usage()["completion_tokens"], 64);
+    }
+    let r = records(sim, &log).await;
+    // Alone: 5 ms + 0.5 ms per sequence + 1000 tokens at 40000/s, then 5.5 ms per token.
+    assert_eq!(us(r[0].scheduled_us[0]), Duration::from_micros(30_500));
+    assert_eq!(scheduled_tpot(&r[0]), Duration::from_micros(5_500));
+    let mean_ttft = r[1..]
+        .iter()
+        .map(|r| us(r.scheduled_us[0]))
+        .sum::<Duration>()
+        / 4;
+    let mean_tpot = r[1..].iter().map(scheduled_tpot).sum::<Duration>() / 4;
+    assert!(
+        mean_ttft > Duration::from_millis(50),
+        "TTFT rises with concurrency: {mean_ttft:?}"
+    );
+    assert!(
+        mean_tpot > Duration::from_micros(6_000),
+        "decode slows with the batch: {mean_tpot:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "a demo cell takes well under a second of model time"
+    );
+}
