@@ -88,6 +88,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// Knobs of the simulated engine. Durations take units ("2s", "500ms") or a bare number of milliseconds.
 #[derive(Debug, Args, Clone)]
+#[command(after_help = SIM_AFTER_HELP)]
 pub struct SimArgs {
     /// Port to listen on (0 picks a free one; the address is printed on stderr).
     #[arg(long, default_value_t = 8000, help_heading = "Server")]
@@ -114,10 +115,10 @@ pub struct SimArgs {
     #[arg(long, value_name = "NAME", help_heading = "Model")]
     pub served_model_name: Option<String>,
     /// Maximum prompt + output tokens per request (longer requests get 400).
-    #[arg(long, default_value_t = defaults::MAX_MODEL_LEN, help_heading = "Model")]
+    #[arg(long, default_value_t = defaults::MAX_MODEL_LEN, help_heading = "Model", value_name = "TOKENS")]
     pub max_model_len: usize,
     /// Vocabulary size: token ids must be below it; the last id is the end-of-sequence token.
-    #[arg(long, default_value_t = defaults::VOCAB_SIZE, help_heading = "Model")]
+    #[arg(long, default_value_t = defaults::VOCAB_SIZE, help_heading = "Model", value_name = "N")]
     pub vocab_size: u32,
     /// Probability that each output token is the end-of-sequence token, from position `min_tokens` on,
     /// unless the request sets `ignore_eos`.
@@ -128,10 +129,10 @@ pub struct SimArgs {
     pub tokens_per_chunk: usize,
 
     /// Most sequences running at once; more requests wait in a queue.
-    #[arg(long, default_value_t = defaults::MAX_NUM_SEQS, help_heading = "Batching model")]
+    #[arg(long, default_value_t = defaults::MAX_NUM_SEQS, help_heading = "Batching model", value_name = "N")]
     pub max_num_seqs: usize,
     /// Token budget of one engine step (decode tokens + prefill chunk).
-    #[arg(long, default_value_t = defaults::MAX_NUM_BATCHED_TOKENS, help_heading = "Batching model")]
+    #[arg(long, default_value_t = defaults::MAX_NUM_BATCHED_TOKENS, help_heading = "Batching model", value_name = "TOKENS")]
     pub max_num_batched_tokens: usize,
     /// Prefill speed: uncached prompt tokens computed per second.
     #[arg(long, default_value_t = defaults::PREFILL_TOKENS_PER_S, value_name = "RATE", help_heading = "Batching model")]
@@ -143,7 +144,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = defaults::DECODE_STEP_MS_PER_SEQ, value_name = "MS", help_heading = "Batching model")]
     pub decode_step_ms_per_seq: f64,
     /// Prefix-cache block size in tokens; only full blocks are cached.
-    #[arg(long, default_value_t = defaults::BLOCK_SIZE, help_heading = "Batching model")]
+    #[arg(long, default_value_t = defaults::BLOCK_SIZE, help_heading = "Batching model", value_name = "TOKENS")]
     pub block_size: usize,
     /// Prefix-cache capacity in blocks (0 disables prefix caching).
     #[arg(long, default_value_t = defaults::CACHE_BLOCKS, value_name = "N", help_heading = "Batching model")]
@@ -203,6 +204,19 @@ pub struct FaultArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub emit_fewer: usize,
 }
+
+const SIM_AFTER_HELP: &str = "\
+Endpoints: /health, /v1/models, /v1/completions, /v1/chat/completions, /metrics (vLLM's
+names), /reset_prefix_cache, /version. Text prompts count one token per word.
+
+Batching model (default): continuous batching with chunked prefill. A step lasts
+  decode-step-ms + decode-step-ms-per-seq x sequences + uncached prompt tokens / prefill rate
+and gives every running sequence one token. Repeated prompts hit the prefix cache.
+
+Examples:
+  runner sim --port 8000                       demo engine, ready after 1 s
+  runner sim --port 8001 --fixed-timing --ttft-ms 50 --itl-ms 10 --timing-log t.jsonl
+  runner sim --port 8002 --fail-rate 0.1 --cut-stream-after 20 --cut-stream-rate 0.1";
 
 /// The default knobs, shared by the command line and [`SimConfig::default`].
 pub mod defaults {
