@@ -51,7 +51,7 @@
 //! `--fail-rate F` (that fraction of requests answer 500), `--cut-stream-after N` (streams drop the
 //! connection after N tokens, without `[DONE]`; `--cut-stream-rate` picks the fraction of streams),
 //! `--crash-after-requests N` (the process exits with status 1 when request N+1 arrives),
-//! `--never-ready` (health stays 503), `--exit-at-start CODE`, `--ignore-sigterm`, `--emit-fewer N`
+//! `--never-ready` (health stays 503, or nothing listens with `--refuse-until-ready`), `--exit-at-start CODE`, `--ignore-sigterm`, `--emit-fewer N`
 //! (every output is N tokens shorter than it should be, at least one, with `stop`). Otherwise SIGTERM and
 //! SIGINT shut down cleanly: in-flight streams get an error event and `[DONE]`, the process exits 0.
 
@@ -191,7 +191,7 @@ pub struct FaultArgs {
     /// Serve N generation requests, then exit with status 1 when the next one arrives.
     #[arg(long, value_name = "N")]
     pub crash_after_requests: Option<u64>,
-    /// Never become ready: /health stays 503.
+    /// Never become ready: /health stays 503 (with --refuse-until-ready: never listen).
     #[arg(long)]
     pub never_ready: bool,
     /// Exit with this status at once, before listening.
@@ -626,13 +626,21 @@ pub fn main(args: SimArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Signal handlers first, so that a signal during loading already follows the knobs.
         let mut shutdown = Box::pin(shutdown_signal(config.faults.ignore_sigterm)?);
-        if args.refuse_until_ready && !config.faults.never_ready {
+        if args.refuse_until_ready {
+            // Never ready means never listening, like an engine stuck loading its weights.
+            let never = config.faults.never_ready;
             eprintln!(
                 "sim: loading the model for {:?} (not listening yet)",
                 config.startup_delay
             );
+            let loading = async {
+                if never {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(config.startup_delay).await;
+            };
             tokio::select! {
-                () = tokio::time::sleep(config.startup_delay) => {}
+                () = loading => {}
                 () = &mut shutdown => return Ok(()),
             }
             config.startup_delay = Duration::ZERO;
