@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let started = Instant::now();
+    let cpu_before = CpuTimes::now();
     let client_ttft: Vec<Result<Duration, String>> = client_rt.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(o.streams)
@@ -112,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(out)
     })?;
     let wall = started.elapsed();
+    let cpu = CpuTimes::now().since(&cpu_before);
     match sim {
         Some(sim) => sim_rt.block_on(sim.stop())?,
         // The external engine writes its log when it catches up; give it a moment.
@@ -165,6 +167,15 @@ fn main() -> anyhow::Result<()> {
         wall.as_secs_f64()
     );
     println!("peak concurrent streams (timing log): {peak}");
+    if let Some((own, others)) = cpu {
+        // A shared machine inflates lateness: say how much CPU other processes took meanwhile.
+        println!(
+            "CPU during the streams: this process {own:.2} s, other processes {others:.2} s ({:.0}% of the machine)",
+            100.0 * others
+                / (wall.as_secs_f64()
+                    * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64)
+        );
+    }
     println!("| measured | count | p50 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|");
     for (name, v) in [
@@ -212,4 +223,37 @@ async fn one_stream(
         return Err("the stream ended without [DONE]".into());
     }
     ttft.ok_or_else(|| "empty stream".into())
+}
+
+/// Busy CPU time of the whole machine and of this process, in seconds (Linux `/proc`; `None` elsewhere).
+struct CpuTimes(Option<(f64, f64)>);
+
+impl CpuTimes {
+    fn now() -> Self {
+        let read = || -> Option<(f64, f64)> {
+            let tick = 100.0; // USER_HZ
+            let stat = std::fs::read_to_string("/proc/stat").ok()?;
+            let cpu: Vec<f64> = stat
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+            let busy = cpu.iter().take(8).sum::<f64>() - cpu.get(3)? - cpu.get(4)?;
+            let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+            let fields: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+            let own = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some((busy / tick, own / tick))
+        };
+        CpuTimes(read())
+    }
+
+    /// (this process, other processes) since `before`.
+    fn since(&self, before: &CpuTimes) -> Option<(f64, f64)> {
+        let ((busy1, own1), (busy0, own0)) = (self.0?, before.0?);
+        let own = own1 - own0;
+        Some((own, (busy1 - busy0 - own).max(0.0)))
+    }
 }
