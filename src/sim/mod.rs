@@ -29,10 +29,10 @@
 //! # The behaviour model
 //! Deterministic for a given `--seed`: a prompt's output (tokens, end-of-sequence position) depends only on
 //! the seed and the prompt; fault draws only on the seed and the request's arrival number.
-//! - Default, batching ([`batch`]): continuous batching with at most `--max-num-seqs` running sequences
+//! - Default, batching (`batch.rs`): continuous batching with at most `--max-num-seqs` running sequences
 //!   and a FIFO waiting queue; chunked prefill within `--max-num-batched-tokens` per step; a step lasts
 //!   `--decode-step-ms + --decode-step-ms-per-seq × sequences + prefill tokens / --prefill-tokens-per-s`.
-//!   Only prompt tokens missing from the prefix cache ([`cache`]: chained hashes of `--block-size`
+//!   Only prompt tokens missing from the prefix cache (`cache.rs`: chained hashes of `--block-size`
 //!   blocks, `--cache-blocks` capacity, least recently used out) are prefilled, so repeats get a faster
 //!   time to first token. TTFT grows with prompt length and with queueing, per-request decode speed falls
 //!   as the batch grows.
@@ -51,9 +51,15 @@
 //! `--fail-rate F` (that fraction of requests answer 500), `--cut-stream-after N` (streams drop the
 //! connection after N tokens, without `[DONE]`; `--cut-stream-rate` picks the fraction of streams),
 //! `--crash-after-requests N` (the process exits with status 1 when request N+1 arrives),
-//! `--never-ready` (health stays 503, or nothing listens with `--refuse-until-ready`), `--exit-at-start CODE`, `--ignore-sigterm`, `--emit-fewer N`
-//! (every output is N tokens shorter than it should be, at least one, with `stop`). Otherwise SIGTERM and
-//! SIGINT shut down cleanly: in-flight streams get an error event and `[DONE]`, the process exits 0.
+//! `--never-ready` (health stays 503, or nothing listens with `--refuse-until-ready`),
+//! `--exit-at-start CODE`, `--ignore-sigterm`, `--emit-fewer N` (every output is N tokens shorter than it
+//! should be, at least one, with `stop`). Otherwise SIGTERM and SIGINT shut down cleanly: in-flight streams
+//! get an error event and `[DONE]`, the process exits 0.
+//!
+//! # In-process use
+//! [`SimHandle::start`] serves a [`SimConfig`] on a free local port of the current tokio runtime (tests);
+//! [`serve`] runs on any listener (best made by [`bind`]) until a shutdown future completes; [`main`] is
+//! `runner sim`. The knobs that end the process ([`SimExit`]) make `serve` return an error instead.
 
 mod batch;
 mod cache;
