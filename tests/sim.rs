@@ -119,6 +119,22 @@ async fn stream(url: &str, path: &str, body: Value) -> Streamed {
     out
 }
 
+/// Streams all `bodies` to `/v1/completions` at once, each on its own task, and returns them in order.
+async fn together(url: String, bodies: Vec<Value>) -> Vec<Streamed> {
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let url = url.clone();
+            tokio::spawn(async move { stream(&url, "/v1/completions", body).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 fn completion(prompt: Value, max_tokens: usize) -> Value {
     json!({
         "model": "sim", "prompt": prompt, "max_tokens": max_tokens, "min_tokens": max_tokens,
@@ -438,19 +454,10 @@ async fn requests_beyond_max_num_seqs_queue_and_wait_longer_for_their_first_toke
     };
     let (sim, log, _dir) = with_log(config).await;
     let url = sim.url();
-    let tasks: Vec<_> = (0..4)
-        .map(|i| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                stream(
-                    &url,
-                    "/v1/completions",
-                    completion(json!(ids(i * 100, 20)), 30),
-                )
-                .await
-            })
-        })
+    let bodies = (0..4)
+        .map(|i| completion(json!(ids(i * 100, 20)), 30))
         .collect();
+    let wave = tokio::spawn(together(url.clone(), bodies));
     // While the first two decode, the other two are waiting.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -466,8 +473,7 @@ async fn requests_beyond_max_num_seqs_queue_and_wait_longer_for_their_first_toke
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut client_ttft = Vec::new();
-    for t in tasks {
-        let s = t.await.unwrap();
+    for s in wave.await.unwrap() {
         assert_eq!(s.usage()["completion_tokens"], 30);
         client_ttft.push(s.ttft());
     }
@@ -502,23 +508,10 @@ async fn per_request_decode_speed_falls_as_the_batch_grows() {
     let (sim, log, _dir) = with_log(config).await;
     let url = sim.url();
     let alone = stream(&url, "/v1/completions", completion(json!(ids(0, 20)), 30)).await;
-    let tasks: Vec<_> = (1..=8)
-        .map(|i| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                stream(
-                    &url,
-                    "/v1/completions",
-                    completion(json!(ids(i * 100, 20)), 30),
-                )
-                .await
-            })
-        })
+    let bodies = (1..=8)
+        .map(|i| completion(json!(ids(i * 100, 20)), 30))
         .collect();
-    let mut batch = Vec::new();
-    for t in tasks {
-        batch.push(t.await.unwrap());
-    }
+    let batch = together(url.clone(), bodies).await;
     let r = records(sim, &log).await;
     // Scheduled: 3 ms per step alone, 10 ms with 8 sequences (minus steps at the edges of the batch).
     let tpot_alone = scheduled_tpot(&r[0]);
@@ -615,16 +608,8 @@ async fn fixed_timing_is_exact_whatever_the_load_and_never_early() {
     };
     let (sim, log, _dir) = with_log(config).await;
     let url = sim.url();
-    let tasks: Vec<_> = (0..20)
-        .map(|i| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                stream(&url, "/v1/completions", completion(json!(ids(i, 50)), 10)).await
-            })
-        })
-        .collect();
-    for t in tasks {
-        let s = t.await.unwrap();
+    let bodies = (0..20).map(|i| completion(json!(ids(i, 50)), 10)).collect();
+    for s in together(url.clone(), bodies).await {
         assert!(s.done);
         assert_eq!(s.usage()["completion_tokens"], 10);
         assert!(s.ttft() >= Duration::from_millis(40));
@@ -660,22 +645,10 @@ async fn fixed_timing_is_exact_whatever_the_load_and_never_early() {
 async fn batching_never_sends_a_token_before_its_step_ends() {
     let (sim, log, _dir) = with_log(quick()).await;
     let url = sim.url();
-    let tasks: Vec<_> = (0..6)
-        .map(|i| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                stream(
-                    &url,
-                    "/v1/completions",
-                    completion(json!(ids(i * 64, 64)), 8),
-                )
-                .await
-            })
-        })
+    let bodies = (0..6)
+        .map(|i| completion(json!(ids(i * 64, 64)), 8))
         .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    together(url.clone(), bodies).await;
     for rec in records(sim, &log).await {
         assert_eq!(rec.scheduled_us.len(), 8);
         assert!(rec.scheduled_us.windows(2).all(|w| w[0] < w[1]));
@@ -1167,4 +1140,41 @@ async fn binary_refuses_connections_until_ready_when_told() {
         "connection must be refused while loading: {early:?}"
     );
     assert!(ready && t0.elapsed() >= Duration::from_millis(1500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_knobs_show_the_demo_shapes_quickly() {
+    // The demo's cell shape: 1000-token prompts, 64 output tokens, concurrency 1 then 4.
+    let t0 = Instant::now();
+    let (sim, log, _dir) = with_log(quick()).await;
+    let url = sim.url();
+    stream(&url, "/v1/completions", completion(json!(ids(0, 1000)), 64)).await;
+    let bodies = (1..=4)
+        .map(|i| completion(json!(ids(i * 1000, 1000)), 64))
+        .collect();
+    for s in together(url.clone(), bodies).await {
+        assert_eq!(s.usage()["completion_tokens"], 64);
+    }
+    let r = records(sim, &log).await;
+    // Alone: 5 ms + 0.5 ms per sequence + 1000 tokens at 40000/s, then 5.5 ms per token.
+    assert_eq!(us(r[0].scheduled_us[0]), Duration::from_micros(30_500));
+    assert_eq!(scheduled_tpot(&r[0]), Duration::from_micros(5_500));
+    let mean_ttft = r[1..]
+        .iter()
+        .map(|r| us(r.scheduled_us[0]))
+        .sum::<Duration>()
+        / 4;
+    let mean_tpot = r[1..].iter().map(scheduled_tpot).sum::<Duration>() / 4;
+    assert!(
+        mean_ttft > Duration::from_millis(50),
+        "TTFT rises with concurrency: {mean_ttft:?}"
+    );
+    assert!(
+        mean_tpot > Duration::from_micros(6_000),
+        "decode slows with the batch: {mean_tpot:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "a demo cell takes well under a second of model time"
+    );
 }

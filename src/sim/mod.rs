@@ -29,10 +29,10 @@
 //! # The behaviour model
 //! Deterministic for a given `--seed`: a prompt's output (tokens, end-of-sequence position) depends only on
 //! the seed and the prompt; fault draws only on the seed and the request's arrival number.
-//! - Default, batching ([`batch`]): continuous batching with at most `--max-num-seqs` running sequences
+//! - Default, batching (`batch.rs`): continuous batching with at most `--max-num-seqs` running sequences
 //!   and a FIFO waiting queue; chunked prefill within `--max-num-batched-tokens` per step; a step lasts
 //!   `--decode-step-ms + --decode-step-ms-per-seq × sequences + prefill tokens / --prefill-tokens-per-s`.
-//!   Only prompt tokens missing from the prefix cache ([`cache`]: chained hashes of `--block-size`
+//!   Only prompt tokens missing from the prefix cache (`cache.rs`: chained hashes of `--block-size`
 //!   blocks, `--cache-blocks` capacity, least recently used out) are prefilled, so repeats get a faster
 //!   time to first token. TTFT grows with prompt length and with queueing, per-request decode speed falls
 //!   as the batch grows.
@@ -51,9 +51,15 @@
 //! `--fail-rate F` (that fraction of requests answer 500), `--cut-stream-after N` (streams drop the
 //! connection after N tokens, without `[DONE]`; `--cut-stream-rate` picks the fraction of streams),
 //! `--crash-after-requests N` (the process exits with status 1 when request N+1 arrives),
-//! `--never-ready` (health stays 503), `--exit-at-start CODE`, `--ignore-sigterm`, `--emit-fewer N`
-//! (every output is N tokens shorter than it should be, at least one, with `stop`). Otherwise SIGTERM and
-//! SIGINT shut down cleanly: in-flight streams get an error event and `[DONE]`, the process exits 0.
+//! `--never-ready` (health stays 503, or nothing listens with `--refuse-until-ready`),
+//! `--exit-at-start CODE`, `--ignore-sigterm`, `--emit-fewer N` (every output is N tokens shorter than it
+//! should be, at least one, with `stop`). Otherwise SIGTERM and SIGINT shut down cleanly: in-flight streams
+//! get an error event and `[DONE]`, the process exits 0.
+//!
+//! # In-process use
+//! [`SimHandle::start`] serves a [`SimConfig`] on a free local port of the current tokio runtime (tests);
+//! [`serve`] runs on any listener (best made by [`bind`]) until a shutdown future completes; [`main`] is
+//! `runner sim`. The knobs that end the process ([`SimExit`]) make `serve` return an error instead.
 
 mod batch;
 mod cache;
@@ -72,7 +78,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Args;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, oneshot, watch};
 
 pub use batch::BatchParams;
@@ -82,9 +88,13 @@ use crate::exit::Failure;
 
 /// How long in-flight connections get to close after a shutdown signal before the server stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`). The usual 128 overflows when a
+/// client opens a thousand connections at once, and each dropped SYN costs that client a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Knobs of the simulated engine. Durations take units ("2s", "500ms") or a bare number of milliseconds.
 #[derive(Debug, Args, Clone)]
+#[command(after_help = SIM_AFTER_HELP)]
 pub struct SimArgs {
     /// Port to listen on (0 picks a free one; the address is printed on stderr).
     #[arg(long, default_value_t = 8000, help_heading = "Server")]
@@ -111,10 +121,10 @@ pub struct SimArgs {
     #[arg(long, value_name = "NAME", help_heading = "Model")]
     pub served_model_name: Option<String>,
     /// Maximum prompt + output tokens per request (longer requests get 400).
-    #[arg(long, default_value_t = defaults::MAX_MODEL_LEN, help_heading = "Model")]
+    #[arg(long, default_value_t = defaults::MAX_MODEL_LEN, help_heading = "Model", value_name = "TOKENS")]
     pub max_model_len: usize,
     /// Vocabulary size: token ids must be below it; the last id is the end-of-sequence token.
-    #[arg(long, default_value_t = defaults::VOCAB_SIZE, help_heading = "Model")]
+    #[arg(long, default_value_t = defaults::VOCAB_SIZE, help_heading = "Model", value_name = "N")]
     pub vocab_size: u32,
     /// Probability that each output token is the end-of-sequence token, from position `min_tokens` on,
     /// unless the request sets `ignore_eos`.
@@ -125,10 +135,10 @@ pub struct SimArgs {
     pub tokens_per_chunk: usize,
 
     /// Most sequences running at once; more requests wait in a queue.
-    #[arg(long, default_value_t = defaults::MAX_NUM_SEQS, help_heading = "Batching model")]
+    #[arg(long, default_value_t = defaults::MAX_NUM_SEQS, help_heading = "Batching model", value_name = "N")]
     pub max_num_seqs: usize,
     /// Token budget of one engine step (decode tokens + prefill chunk).
-    #[arg(long, default_value_t = defaults::MAX_NUM_BATCHED_TOKENS, help_heading = "Batching model")]
+    #[arg(long, default_value_t = defaults::MAX_NUM_BATCHED_TOKENS, help_heading = "Batching model", value_name = "TOKENS")]
     pub max_num_batched_tokens: usize,
     /// Prefill speed: uncached prompt tokens computed per second.
     #[arg(long, default_value_t = defaults::PREFILL_TOKENS_PER_S, value_name = "RATE", help_heading = "Batching model")]
@@ -140,7 +150,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = defaults::DECODE_STEP_MS_PER_SEQ, value_name = "MS", help_heading = "Batching model")]
     pub decode_step_ms_per_seq: f64,
     /// Prefix-cache block size in tokens; only full blocks are cached.
-    #[arg(long, default_value_t = defaults::BLOCK_SIZE, help_heading = "Batching model")]
+    #[arg(long, default_value_t = defaults::BLOCK_SIZE, help_heading = "Batching model", value_name = "TOKENS")]
     pub block_size: usize,
     /// Prefix-cache capacity in blocks (0 disables prefix caching).
     #[arg(long, default_value_t = defaults::CACHE_BLOCKS, value_name = "N", help_heading = "Batching model")]
@@ -187,7 +197,7 @@ pub struct FaultArgs {
     /// Serve N generation requests, then exit with status 1 when the next one arrives.
     #[arg(long, value_name = "N")]
     pub crash_after_requests: Option<u64>,
-    /// Never become ready: /health stays 503.
+    /// Never become ready: /health stays 503 (with --refuse-until-ready: never listen).
     #[arg(long)]
     pub never_ready: bool,
     /// Exit with this status at once, before listening.
@@ -200,6 +210,19 @@ pub struct FaultArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub emit_fewer: usize,
 }
+
+const SIM_AFTER_HELP: &str = "\
+Endpoints: /health, /v1/models, /v1/completions, /v1/chat/completions, /metrics (vLLM's
+names), /reset_prefix_cache, /version. Text prompts count one token per word.
+
+Batching model (default): continuous batching with chunked prefill. A step lasts
+  decode-step-ms + decode-step-ms-per-seq x sequences + uncached prompt tokens / prefill rate
+and gives every running sequence one token. Repeated prompts hit the prefix cache.
+
+Examples:
+  runner sim --port 8000                       demo engine, ready after 1 s
+  runner sim --port 8001 --fixed-timing --ttft-ms 50 --itl-ms 10 --timing-log t.jsonl
+  runner sim --port 8002 --fail-rate 0.1 --cut-stream-after 20 --cut-stream-rate 0.1";
 
 /// The default knobs, shared by the command line and [`SimConfig::default`].
 pub mod defaults {
@@ -439,7 +462,7 @@ impl SimExit {
     }
 }
 
-/// Serves the simulated engine on `listener` until `shutdown` completes, then lets in-flight streams end
+/// Serves the simulated engine on `listener` (best made by [`bind`]) until `shutdown` completes, then lets in-flight streams end
 /// with an error event and waits (at most a few seconds) for connections to close. Returns a [`SimExit`]
 /// error for the fault knobs that end the process, without waiting for anything.
 pub async fn serve(
@@ -525,6 +548,18 @@ pub async fn serve(
     result
 }
 
+/// Binds a listener for [`serve`] with a backlog deep enough for a thousand simultaneous connects.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// An in-process simulated engine on a free local port, for tests and rehearsals. Dropping it shuts the
 /// server down in the background; [`SimHandle::stop`] waits for that.
 pub struct SimHandle {
@@ -537,7 +572,7 @@ impl SimHandle {
     /// Binds 127.0.0.1 on a free port and serves `config` on the current tokio runtime.
     pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
         config.validate().map_err(Failure::bad_input)?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = bind((Ipv4Addr::LOCALHOST, 0).into())?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, config, async move {
@@ -597,19 +632,26 @@ pub fn main(args: SimArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Signal handlers first, so that a signal during loading already follows the knobs.
         let mut shutdown = Box::pin(shutdown_signal(config.faults.ignore_sigterm)?);
-        if args.refuse_until_ready && !config.faults.never_ready {
+        if args.refuse_until_ready {
+            // Never ready means never listening, like an engine stuck loading its weights.
+            let never = config.faults.never_ready;
             eprintln!(
                 "sim: loading the model for {:?} (not listening yet)",
                 config.startup_delay
             );
+            let loading = async {
+                if never {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(config.startup_delay).await;
+            };
             tokio::select! {
-                () = tokio::time::sleep(config.startup_delay) => {}
+                () = loading => {}
                 () = &mut shutdown => return Ok(()),
             }
             config.startup_delay = Duration::ZERO;
         }
-        let listener = TcpListener::bind((args.host, args.port))
-            .await
+        let listener = bind((args.host, args.port).into())
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
         eprintln!("sim: listening on http://{addr}");
