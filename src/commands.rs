@@ -41,7 +41,7 @@ pub fn run(file: &Path, options: &RunOptions) -> anyhow::Result<i32> {
     .context("copying the experiment file into the results directory")?;
     let outcome = crate::run::execute(&exp, &plan, &store, options)?;
     eprintln!(
-        "{} cell(s) run, {} already done, {} failed{}; results in {}",
+        "{} cell(s) run, {} already done, {} failed{}; results in {}, report in {}",
         outcome.cells_run,
         outcome.cells_skipped,
         outcome.cells_failed,
@@ -50,7 +50,8 @@ pub fn run(file: &Path, options: &RunOptions) -> anyhow::Result<i32> {
         } else {
             ""
         },
-        exp.results_dir.display()
+        exp.results_dir.display(),
+        exp.results_dir.join("report/summary.zh.md").display()
     );
     Ok(outcome.exit_code())
 }
