@@ -148,6 +148,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/reset_prefix_cache", post(reset_prefix_cache))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .layer(axum::middleware::from_fn(stamp_arrival))
         .with_state(shared)
 }
 
@@ -196,15 +197,36 @@ async fn reset_prefix_cache(State(s): State<Arc<Shared>>) -> StatusCode {
     StatusCode::OK
 }
 
-async fn completions(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
-    let arrival = Instant::now();
+/// When a request's head was read, before its body: the instant the engine's clock starts for it. Taken
+/// before the body is read so that, when a thousand requests arrive at once, the time spent reading and
+/// queueing bodies counts as the engine's (it makes its first tokens late, which the timing log shows), not
+/// as transfer time charged to the client under test.
+#[derive(Clone, Copy)]
+struct Arrival(Instant);
+
+async fn stamp_arrival(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    request.extensions_mut().insert(Arrival(Instant::now()));
+    next.run(request).await
+}
+
+async fn completions(
+    State(s): State<Arc<Shared>>,
+    axum::Extension(Arrival(arrival)): axum::Extension<Arrival>,
+    body: Bytes,
+) -> Response {
     generate(s, arrival, Endpoint::Completions, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn chat_completions(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
-    let arrival = Instant::now();
+async fn chat_completions(
+    State(s): State<Arc<Shared>>,
+    axum::Extension(Arrival(arrival)): axum::Extension<Arrival>,
+    body: Bytes,
+) -> Response {
     generate(s, arrival, Endpoint::Chat, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
