@@ -320,7 +320,12 @@ async fn run_server(
                     started_at,
                     finished_at: now_rfc3339(),
                 };
-                match store.write_cell(&cell_result, &point.records) {
+                let stored = match &point.prompts {
+                    Some(prompts) => store.write_prompts(&cell.id, prompts),
+                    None => Ok(()),
+                }
+                .and_then(|()| store.write_cell(&cell_result, &point.records));
+                match stored {
                     Ok(()) => {
                         reporter.line(format!("  {}", cell_line(&cell_result)));
                         reporter.cells_done(1);

@@ -312,6 +312,7 @@ mod tests {
                 tokenizer: None,
                 id_range: [100, 1000],
             },
+            save_prompts: false,
         }
     }
 

@@ -56,6 +56,7 @@ pub struct Store {
 pub const RESULT_FILE: &str = "result.json";
 pub const FAILURE_FILE: &str = "failure.json";
 pub const REQUESTS_FILE: &str = "requests.jsonl";
+pub const PROMPTS_FILE: &str = "prompts.jsonl";
 
 impl Store {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -97,6 +98,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// One JSON line per item, written atomically.
+fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> std::io::Result<()> {
+    let mut lines = Vec::new();
+    for item in items {
+        serde_json::to_writer(&mut lines, item).map_err(std::io::Error::other)?;
+        lines.push(b'\n');
+    }
+    write_atomic(path, &lines)
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.
@@ -193,6 +204,18 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Stores the prompts a cell sent (`save_prompts`); call before [`Store::write_cell`], which commits.
+    pub fn write_prompts<P: Serialize>(&self, cell_id: &str, prompts: &[P]) -> std::io::Result<()> {
+        write_jsonl(
+            &self
+                .root
+                .join("cells")
+                .join(id_path(cell_id))
+                .join(PROMPTS_FILE),
+            prompts,
+        )
     }
 
     /// Records a failed cell. A previous successful result with other settings is left in place until

@@ -40,6 +40,7 @@ fn spec(concurrency: u32, requests: u32, input: u32, output: u32) -> LoadSpec {
             tokenizer: None,
             id_range: [100, 150_000],
         },
+        save_prompts: false,
     }
 }
 

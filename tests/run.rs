@@ -399,3 +399,38 @@ fn demo_killed_mid_run_then_rerun_loses_and_repeats_nothing() {
     let summary = std::fs::read_to_string(results(&dir.path).join("report/summary.zh.md")).unwrap();
     assert!(summary.contains("完成 12/12"), "the report is complete");
 }
+
+#[test]
+fn saved_prompts_are_exact_and_identical_across_runs() {
+    let body = experiment(false, false).replace("warmup = 0", "warmup = 1\nsave_prompts = true");
+    let dir = setup(&body);
+    let prompts_of = |dir: &Path| {
+        let file = results(dir).join("cells/tiny/fp8/sim/c2/prompts.jsonl");
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    };
+    let out = run_in(&dir.path, &["e2e.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let first = prompts_of(&dir.path);
+    let lines: Vec<serde_json::Value> = first
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1 + 4, "the warm-up and every measured request");
+    assert_eq!(lines[0]["warmup"], true);
+    for l in &lines {
+        assert_eq!(
+            l["token_ids"].as_array().map(Vec::len),
+            Some(64),
+            "exact input length: {l}"
+        );
+    }
+    assert_ne!(
+        lines[1]["token_ids"][0], lines[2]["token_ids"][0],
+        "unique prompts differ from the first token"
+    );
+
+    // A forced rerun regenerates and sends the very same prompts.
+    let out = run_in(&dir.path, &["e2e.toml", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(prompts_of(&dir.path), first);
+}

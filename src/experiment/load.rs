@@ -24,6 +24,7 @@ pub const LOAD_KEYS: &[&str] = &[
     "slo_ttft",
     "slo_tpot",
     "slo_e2e",
+    "save_prompts",
 ];
 
 /// Default for `requests`: three requests per concurrent stream, at least two (the seed campaign's rule).
@@ -53,6 +54,10 @@ pub struct LoadSpec {
     pub slo: Slo,
     /// Where prompt token ids come from.
     pub vocab: Vocab,
+    /// Write every prompt of the point to `prompts.jsonl` beside its requests (left out of the settings
+    /// when off, so turning it on changes no existing hash but its own cells').
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub save_prompts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -336,6 +341,16 @@ pub fn resolve(
         },
     };
     let timeout = duration("timeout", &mut bad).unwrap_or(Duration::from_secs(600));
+    let save_prompts = match layers.get("save_prompts") {
+        None => false,
+        Some(l) => match l.value {
+            Scalar::Bool(b) => b,
+            ref other => {
+                bad(l, format!("expected true or false, found {other}"), None);
+                false
+            }
+        },
+    };
     let slo = Slo {
         ttft: duration("slo_ttft", &mut bad),
         tpot: duration("slo_tpot", &mut bad),
@@ -357,6 +372,7 @@ pub fn resolve(
             api,
             slo,
             vocab: workload.vocab.clone(),
+            save_prompts,
         }),
         _ => Err(problems),
     }

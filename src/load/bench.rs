@@ -196,6 +196,7 @@ async fn level(
             tokenizer: None,
             id_range: [100, 150_000],
         },
+        save_prompts: false,
     };
     let target = Target {
         base_url: url,

@@ -82,6 +82,38 @@ pub struct PointOutcome {
     /// The instant every time in `records` is relative to (lets a caller line records up with other
     /// monotonic timestamps, e.g. an engine's timing log).
     pub t0: std::time::Instant,
+    /// Every prompt sent, when the load settings ask for them to be saved.
+    pub prompts: Option<Vec<SavedPrompt>>,
+}
+
+/// One line of `prompts.jsonl`: exactly what request `index` sent as its prompt.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedPrompt {
+    pub index: u32,
+    pub warmup: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// The prompts of a point, regenerated from the same deterministic source the requests used.
+fn saved_prompts(spec: &LoadSpec, chat: bool) -> Result<Vec<SavedPrompt>, LoadError> {
+    let source = prompt::PromptSource::new(spec, prompt_salt(spec), chat)?;
+    Ok((0..spec.warmup + spec.requests)
+        .map(|index| {
+            let (token_ids, text) = match source.prompt(index) {
+                prompt::Prompt::Ids(ids) => (Some(ids), None),
+                prompt::Prompt::Text { text, .. } => (None, Some(text)),
+            };
+            SavedPrompt {
+                index,
+                warmup: index < spec.warmup,
+                token_ids,
+                text,
+            }
+        })
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +128,13 @@ pub enum LoadError {
 
 /// Separates load points that share a seed, so two points on one server never send the same prompt.
 /// Derived from the resolved settings, so rerunning the same point sends the same prompts.
+/// Whether the prompts are saved does not change them.
 pub fn prompt_salt(spec: &LoadSpec) -> u64 {
-    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let json = serde_json::to_vec(&LoadSpec {
+        save_prompts: false,
+        ..spec.clone()
+    })
+    .unwrap_or_default();
     let digest = Sha256::digest(&json);
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
@@ -141,7 +178,13 @@ pub async fn run_point(
         (Some(_), None) => ServerMetrics::missing("not scraped"),
     };
     let summary = stats::summarize(&records, spec, check);
+    let prompts = if spec.save_prompts {
+        Some(saved_prompts(spec, chat)?)
+    } else {
+        None
+    };
     Ok(PointOutcome {
+        prompts,
         records,
         summary,
         server_metrics,

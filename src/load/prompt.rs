@@ -269,6 +269,7 @@ mod tests {
             api: Api::Completions,
             slo: Slo::default(),
             vocab,
+            save_prompts: false,
         }
     }
 
