@@ -18,7 +18,6 @@
 pub mod print;
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -304,15 +303,16 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             .iter()
             .filter(|c| server_key(c) == server_key(&server_vars));
         let varying_server = varying(siblings);
-        let varying_load: HashSet<String> = points
-            .iter()
-            .flat_map(|p| {
-                varying(
-                    points
-                        .iter()
-                        .filter(|q| q.get("concurrency") == p.get("concurrency")),
-                )
-            })
+        // Once per distinct concurrency, not once per point.
+        let mut concurrencies: Vec<Option<&Scalar>> = Vec::new();
+        for p in &points {
+            if !concurrencies.contains(&p.get("concurrency")) {
+                concurrencies.push(p.get("concurrency"));
+            }
+        }
+        let varying_load: HashSet<String> = concurrencies
+            .into_iter()
+            .flat_map(|c| varying(points.iter().filter(move |q| q.get("concurrency") == c)))
             .collect();
         for (k, v) in &server_vars {
             if !AXES.contains(&k.as_str()) && varying_server.contains(k) {
@@ -825,18 +825,10 @@ pub fn id_path(id: &str) -> std::path::PathBuf {
         .collect::<std::path::PathBuf>()
 }
 
-/// The resolved checkpoint path of a server (for reports).
-pub fn checkpoint<'a>(exp: &'a Experiment, server: &ServerPlan) -> Option<&'a Path> {
-    exp.models
-        .get(&server.model)?
-        .precisions
-        .get(&server.precision)
-        .map(|p| Path::new(&p.path))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const BASE: &str = r#"
 [engines.a]
