@@ -118,19 +118,27 @@ pub fn main() -> i32 {
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match (cli.command, cli.file) {
-        (Some(Command::Run(args)), _) => crate::commands::run(&args.file, &args.options),
-        (Some(Command::Plan(args)), _) => crate::commands::plan(&args),
+        (Some(Command::Run(args)), _) => run(&args.file, &args.options),
+        (Some(Command::Plan(args)), _) => crate::commands::plan(&args.file, &args.only, args.json),
         (Some(Command::Report(args)), _) => crate::commands::report(&args.file),
         (Some(Command::Sim(args)), _) => crate::sim::main(args).map(|()| exit::OK),
         (Some(Command::BenchClient(args)), _) => {
             crate::load::bench::main(args).map(|()| exit::OK)
         }
-        (None, Some(file)) => crate::commands::run(&file, &cli.run),
+        (None, Some(file)) => run(&file, &cli.run),
         (None, None) => Err(exit::Failure::bad_input(
             "no experiment file given\n  help: `runner FILE` runs an experiment; `runner --help` lists the commands",
         )
         .into()),
     }
+}
+
+fn run(file: &std::path::Path, options: &RunOptions) -> anyhow::Result<i32> {
+    let policy = crate::run::Policy {
+        fail_fast: options.fail_fast,
+        force: options.force,
+    };
+    crate::commands::run(file, &options.only, policy)
 }
 
 /// The one error printer: the message, then each cause on its own line.

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::cli::{PlanArgs, RunOptions};
 use crate::exit::{self, Failure};
 use crate::experiment::{self, Experiment};
 use crate::plan::{self, Plan};
@@ -24,8 +23,8 @@ pub fn prepare(file: &Path, only: &[String]) -> anyhow::Result<(Experiment, Plan
     Ok((exp, plan))
 }
 
-pub fn run(file: &Path, options: &RunOptions) -> anyhow::Result<i32> {
-    let (exp, plan) = prepare(file, &options.only)?;
+pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(file, only)?;
     let store = Store::new(&exp.results_dir);
     ensure_writable(&exp)?;
     // A runner killed hard may have left its server running: clean it up before anything starts.
@@ -39,7 +38,7 @@ pub fn run(file: &Path, options: &RunOptions) -> anyhow::Result<i32> {
         exp.source.as_bytes(),
     )
     .context("copying the experiment file into the results directory")?;
-    let outcome = crate::run::execute(&exp, &plan, &store, options)?;
+    let outcome = crate::run::execute(&exp, &plan, &store, policy)?;
     eprintln!(
         "{} cell(s) run, {} already done, {} failed{}; results in {}, report in {}",
         outcome.cells_run,
@@ -71,14 +70,14 @@ fn ensure_writable(exp: &Experiment) -> anyhow::Result<()> {
     })
 }
 
-pub fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
-    let (exp, plan) = prepare(&args.file, &args.only)?;
+pub fn plan(file: &Path, only: &[String], json: bool) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(file, only)?;
     let store = Store::new(&exp.results_dir);
     let mut out = std::io::stdout().lock();
-    if args.json {
-        crate::plan::print::json(&mut out, &exp, &plan, &store)
+    if json {
+        crate::plan::print::json(&mut out, &exp, &plan, &|c| store.cell_status(c))
     } else {
-        crate::plan::print::text(&mut out, &exp, &plan, &store)
+        crate::plan::print::text(&mut out, &exp, &plan, &|c| store.cell_status(c))
     }
     .context("writing the plan to stdout")?;
     Ok(exit::OK)

@@ -13,15 +13,24 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::RunOptions;
 use crate::exit;
 use crate::experiment::{Engine, Experiment, Launch};
 use crate::load::{self, LoadClient, LoadError, Target};
+use crate::plan::CellStatus;
 use crate::plan::print::{command_line, redacted_env};
 use crate::plan::{CellPlan, Plan, Rendered, ServerPlan};
 use crate::progress::Reporter;
 use crate::server::{self, KillHandle, ServerSpec, SmokeRequest};
-use crate::store::{CellFailure, CellResult, CellStatus, ServerRecord, Store, now_rfc3339};
+use crate::store::{CellFailure, CellResult, ServerRecord, Store, now_rfc3339};
+
+/// What the person asked of this run, as plain data (the command line maps its flags to this).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Stop at the first failed server configuration or cell.
+    pub fail_fast: bool,
+    /// Rerun cells even when a result with the same settings hash exists.
+    pub force: bool,
+}
 
 /// How a run ended.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -50,20 +59,20 @@ pub fn execute(
     exp: &Experiment,
     plan: &Plan,
     store: &Store,
-    options: &RunOptions,
+    policy: Policy,
 ) -> anyhow::Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(execute_async(exp, plan, store, options))
+    runtime.block_on(execute_async(exp, plan, store, policy))
 }
 
 async fn execute_async(
     exp: &Experiment,
     plan: &Plan,
     store: &Store,
-    options: &RunOptions,
+    policy: Policy,
 ) -> anyhow::Result<Outcome> {
     let cancel = CancellationToken::new();
     let current: Arc<Mutex<Option<KillHandle>>> = Arc::new(Mutex::new(None));
@@ -100,7 +109,7 @@ async fn execute_async(
         let pending: Vec<&CellPlan> = server
             .points
             .iter()
-            .filter(|c| options.force || store.cell_status(c) != CellStatus::Done)
+            .filter(|c| policy.force || store.cell_status(c) != CellStatus::Done)
             .collect();
         let skipped = server.points.len() - pending.len();
         outcome.cells_skipped += skipped;
@@ -138,7 +147,7 @@ async fn execute_async(
             reporter.line(format!("warning: report not rendered: {e:#}"));
         }
         if outcome.interrupted
-            || (options.fail_fast && (result.server_failed || result.cells_failed > 0))
+            || (policy.fail_fast && (result.server_failed || result.cells_failed > 0))
         {
             break;
         }

@@ -22,35 +22,30 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::plan::{CellPlan, ServerPlan, id_path};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CellStatus {
-    /// No result yet.
-    Pending,
-    /// A result with the same settings hash exists: resume skips it.
-    Done,
-    /// A result exists but its settings changed: it will be rerun.
-    Changed,
-    /// The last attempt failed: it will be retried.
-    Failed,
-}
-
-impl CellStatus {
-    pub fn label(self) -> &'static str {
-        match self {
-            CellStatus::Pending => "pending",
-            CellStatus::Done => "done",
-            CellStatus::Changed => "changed",
-            CellStatus::Failed => "failed",
-        }
-    }
-}
+use crate::plan::{CellPlan, CellStatus, ServerPlan};
 
 #[derive(Debug, Clone)]
 pub struct Store {
     pub root: PathBuf,
+}
+
+/// A cell id as a relative path inside the results dir: each `/`-separated part made filesystem-safe.
+pub fn id_path(id: &str) -> std::path::PathBuf {
+    id.split('/')
+        .map(|part| {
+            part.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._=-+".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .iter()
+        .collect::<std::path::PathBuf>()
 }
 
 pub const RESULT_FILE: &str = "result.json";
@@ -321,5 +316,15 @@ impl Store {
 
     pub fn read_environment(&self) -> std::io::Result<Option<crate::envinfo::Environment>> {
         read_json(&self.root.join(ENVIRONMENT_FILE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_become_safe_relative_paths() {
+        assert_eq!(id_path("m/fp8/a/x=1 2").to_string_lossy(), "m/fp8/a/x=1_2");
     }
 }

@@ -3,6 +3,7 @@
 mod common;
 mod cpu_engines;
 mod experiment;
+mod layout;
 mod load;
 mod report;
 mod run;

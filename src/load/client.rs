@@ -12,8 +12,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::prompt::Prompt;
-use super::record::{ErrorKind, RequestRecord};
 use crate::engine::Dialect;
+use crate::stats::{ErrorKind, RequestRecord};
 
 /// Error bodies and messages are kept to this many bytes in a record.
 const MESSAGE_LIMIT: usize = 1024;

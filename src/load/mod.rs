@@ -5,7 +5,6 @@
 //! - [`client`]: the pooled HTTP client, request dialects, streamed requests into records.
 //! - [`sse`]: incremental SSE parsing.
 //! - [`schedule`]: closed loop, in-flight cap, Poisson rate; warm-up; the client's self-check.
-//! - [`record`]: the per-request record (one JSONL line) and error kinds.
 //! - [`bench`]: the client benchmark against the simulated engine (`runner bench-client`).
 //!
 //! Invariants: a point never fails because requests fail (they are counted by kind); only setup problems
@@ -14,7 +13,6 @@
 pub mod bench;
 pub mod client;
 pub mod prompt;
-pub mod record;
 pub mod schedule;
 pub mod sse;
 
@@ -24,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::stats::{ErrorKind, RequestRecord};
 pub use client::LoadClient;
-pub use record::{ErrorKind, RequestRecord};
 
 use crate::engine::{CacheCounters, Dialect};
 use crate::experiment::load::LoadSpec;

@@ -25,10 +25,10 @@ use tokio::task::JoinSet;
 
 use super::client::{self, Call, LoadClient, ms_since};
 use super::prompt::PromptSource;
-use super::record::RequestRecord;
 use super::{Progress, Target};
 use crate::engine::Dialect;
 use crate::experiment::load::{Api, LoadSpec};
+use crate::stats::RequestRecord;
 use crate::stats::{ClientCheck, Dist};
 
 /// How often the self-check timer wakes.

@@ -40,6 +40,30 @@ pub struct Plan {
     pub servers: Vec<ServerPlan>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellStatus {
+    /// No result yet.
+    Pending,
+    /// A result with the same settings hash exists: resume skips it.
+    Done,
+    /// A result exists but its settings changed: it will be rerun.
+    Changed,
+    /// The last attempt failed: it will be retried.
+    Failed,
+}
+
+impl CellStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            CellStatus::Pending => "pending",
+            CellStatus::Done => "done",
+            CellStatus::Changed => "changed",
+            CellStatus::Failed => "failed",
+        }
+    }
+}
+
 /// One server configuration: started once, loaded at each of its points, then torn down.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerPlan {
@@ -806,25 +830,6 @@ fn short_hash(value: &serde_json::Value) -> String {
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// A cell id as a relative path inside the results dir: each `/`-separated part made filesystem-safe.
-pub fn id_path(id: &str) -> std::path::PathBuf {
-    id.split('/')
-        .map(|part| {
-            part.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "._=-+".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .iter()
-        .collect::<std::path::PathBuf>()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1028,6 +1033,5 @@ requests = 2
         assert_eq!(split_words("a \\\n  b").unwrap(), ["a", "b"]);
         assert!(split_words("a 'b").is_err());
         assert!(split_words("a | b").unwrap_err().contains("shell = true"));
-        assert_eq!(id_path("m/fp8/a/x=1 2").to_string_lossy(), "m/fp8/a/x=1_2");
     }
 }

@@ -1,14 +1,15 @@
 //! `runner plan` output: a readable listing for people and `--json` for scripts. Both show exactly what
-//! `runner run` will do, in the same order, with each cell's status read from the results directory.
+//! `runner run` will do, in the same order, with each cell's status (which the caller reads from the
+//! results directory).
 
 use std::io::{self, Write};
 
 use serde::Serialize;
 
+use super::{CellPlan, CellStatus};
 use super::{Plan, Rendered};
 use crate::experiment::Experiment;
 use crate::experiment::load::PromptMode;
-use crate::store::{CellStatus, Store};
 
 /// Environment variable names whose values never appear in plans, logs or results.
 pub fn is_secret(name: &str) -> bool {
@@ -67,7 +68,13 @@ fn quote(word: &str) -> String {
     }
 }
 
-pub fn text(out: &mut impl Write, exp: &Experiment, plan: &Plan, store: &Store) -> io::Result<()> {
+/// `status` tells each cell's state (the store reads it from the results directory).
+pub fn text(
+    out: &mut impl Write,
+    exp: &Experiment,
+    plan: &Plan,
+    status: &dyn Fn(&CellPlan) -> CellStatus,
+) -> io::Result<()> {
     writeln!(out, "{} ({})", exp.title, exp.file.display())?;
     writeln!(out, "results: {}", exp.results_dir.display())?;
     let mut counts = [0usize; 4];
@@ -115,7 +122,7 @@ pub fn text(out: &mut impl Write, exp: &Experiment, plan: &Plan, store: &Store) 
             server.model, server.display.request_model
         )?;
         for cell in &server.points {
-            let status = store.cell_status(cell);
+            let status = status(cell);
             counts[status as usize] += 1;
             let l = &cell.load;
             let prompt = match l.prompt {
@@ -198,7 +205,12 @@ struct JsonTotals {
     requests: u64,
 }
 
-pub fn json(out: &mut impl Write, exp: &Experiment, plan: &Plan, store: &Store) -> io::Result<()> {
+pub fn json(
+    out: &mut impl Write,
+    exp: &Experiment,
+    plan: &Plan,
+    status: &dyn Fn(&CellPlan) -> CellStatus,
+) -> io::Result<()> {
     let doc = JsonPlan {
         title: &exp.title,
         file: exp.file.display().to_string(),
@@ -223,7 +235,7 @@ pub fn json(out: &mut impl Write, exp: &Experiment, plan: &Plan, store: &Store) 
                     .map(|c| JsonCell {
                         id: &c.id,
                         hash: &c.hash,
-                        status: store.cell_status(c),
+                        status: status(c),
                         vars: &c.vars,
                         load: &c.load,
                     })

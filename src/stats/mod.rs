@@ -2,16 +2,20 @@
 //! compatible statistics. Pure functions over plain data; every number here can be recomputed from a
 //! cell's `requests.jsonl`.
 //!
-//! CONTRACT (other modules rely on these names): the load generator fills [`Summary`] through
+//! CONTRACT (other modules rely on these names): the load generator writes one [`RequestRecord`] per
+//! request ([`record`]) and fills [`Summary`] through
 //! [`summarize`]; the store writes it inside each cell's `result.json`; the report reads it. Fields may be
 //! added; existing ones keep their meaning.
+
+pub mod record;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use record::{ErrorKind, RequestRecord};
+
 use crate::experiment::load::{LoadSpec, Slo};
-use crate::load::RequestRecord;
 
 /// Distribution of one metric over the successful measured requests, in milliseconds.
 /// `std` is the population standard deviation; percentiles use linear interpolation (NumPy's default),
