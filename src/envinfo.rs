@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::gpu::Smi;
+use crate::tool::{Tool, find_on_path};
+
 /// Everything known about the machine and software of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -41,27 +44,7 @@ pub struct Environment {
     pub experiment: ExperimentSource,
 }
 
-/// One GPU as `nvidia-smi --query-gpu=name,memory.total,driver_version,mig.mode.current` reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Gpu {
-    pub name: String,
-    /// As printed, e.g. `98304 MiB`.
-    pub memory_total: Option<String>,
-    pub driver: Option<String>,
-    /// `Enabled` / `Disabled`; `None` where the GPU does not support MIG (`[N/A]`).
-    pub mig_mode: Option<String>,
-}
-
-impl Gpu {
-    /// `name, memory, driver` — the line the seed report prints as "GPU Driver".
-    pub fn line(&self) -> String {
-        let mut parts = vec![self.name.clone()];
-        parts.extend(self.memory_total.clone());
-        parts.extend(self.driver.clone());
-        parts.join(", ")
-    }
-}
+pub use crate::gpu::Gpu;
 
 /// Where the experiment file came from: its git commit and whether it had local changes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -161,98 +144,28 @@ pub fn parse_os_release(text: &str) -> Option<String> {
     value("PRETTY_NAME").or_else(|| value("NAME"))
 }
 
-/// Parses `nvidia-smi --query-gpu=name,memory.total,driver_version,mig.mode.current
-/// --format=csv,noheader`: one GPU per non-empty line. A name containing commas keeps them (the last
-/// three fields are split off from the right). `[N/A]`-style values become `None`.
-pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, String> {
-    let mut gpus = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let fields: Vec<&str> = line.rsplitn(4, ',').map(str::trim).collect();
-        let [mig, driver, memory, name] = fields.as_slice() else {
-            return Err(format!("unexpected nvidia-smi line: {line}"));
-        };
-        let known = |v: &str| {
-            let bare = v.trim_matches(|c| c == '[' || c == ']');
-            (!v.is_empty() && !matches!(bare, "N/A" | "Not Supported" | "Unknown Error"))
-                .then(|| v.to_string())
-        };
-        gpus.push(Gpu {
-            name: name.to_string(),
-            memory_total: known(memory),
-            driver: known(driver),
-            mig_mode: known(mig),
-        });
-    }
-    Ok(gpus)
-}
-
-/// Finds `program` in the probe's search path (or this process's `PATH`).
-fn find_program(program: &str, probe: &Probe) -> Option<PathBuf> {
-    let path = probe.path.clone().or_else(|| std::env::var_os("PATH"))?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Runs a tool with a time limit; `Err` is a short note for the report.
+/// Runs a tool with the probe's time limit and search path; `Err` is a short note for the report.
 fn run_tool(program: &Path, args: &[&str], probe: &Probe) -> Result<String, String> {
-    let name = program
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut expr = duct::cmd(program, args)
-        .stdout_capture()
-        .stderr_capture()
-        .stdin_null()
-        .unchecked();
-    if let Some(path) = &probe.path {
-        expr = expr.env("PATH", path);
+    Tool {
+        program,
+        args,
+        path: probe.path.as_deref(),
+        timeout: probe.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        merge_stderr: false,
     }
-    let handle = expr
-        .start()
-        .map_err(|e| format!("{name} could not start: {e}"))?;
-    let output = match handle.wait_timeout(probe.timeout.unwrap_or(DEFAULT_TIMEOUT)) {
-        Ok(Some(out)) => out.clone(),
-        Ok(None) => {
-            // Best effort: the note below is what matters; a kill error leaves nothing to do.
-            let _ = handle.kill();
-            return Err(format!("{name} did not answer in time"));
-        }
-        Err(e) => return Err(format!("{name} failed: {e}")),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if output.status.success() {
-        Ok(stdout)
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let first = stderr
-            .lines()
-            .chain(stdout.lines())
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        Err(format!("{name} failed ({}): {first}", output.status))
-    }
+    .run()
+    .map(|out| out.stdout)
+    .map_err(|e| e.0)
 }
 
 fn query_gpus(probe: &Probe) -> Result<Vec<Gpu>, String> {
-    let program = find_program("nvidia-smi", probe)
+    let smi = Smi::find(probe.path.as_deref())
         .ok_or_else(|| "nvidia-smi not found (no NVIDIA GPU driver on this host)".to_string())?;
-    let out = run_tool(
-        &program,
-        &[
-            "--query-gpu=name,memory.total,driver_version,mig.mode.current",
-            "--format=csv,noheader",
-        ],
-        probe,
-    )?;
-    parse_nvidia_smi(&out)
+    match probe.timeout {
+        Some(t) => smi.timeout(t),
+        None => smi,
+    }
+    .gpus()
 }
 
 /// The commit of the repository holding the experiment file, and whether the file has local changes.
@@ -261,7 +174,7 @@ fn git_state(exp_file: &Path, probe: &Probe) -> ExperimentSource {
         file: exp_file.display().to_string(),
         ..Default::default()
     };
-    let Some(git) = find_program("git", probe) else {
+    let Some(git) = find_on_path("git", probe.path.as_deref()) else {
         source.note = Some("git not found".into());
         return source;
     };
@@ -321,27 +234,6 @@ fn timezone_name() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nvidia_smi_lines_parse_with_na_and_several_gpus() {
-        let text = "NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08, [N/A]\n\
-                    NVIDIA H100 80GB HBM3, 81559 MiB, 550.54.15, Enabled\n\n";
-        let gpus = parse_nvidia_smi(text).unwrap();
-        assert_eq!(gpus.len(), 2);
-        assert_eq!(
-            gpus[0].line(),
-            "NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08"
-        );
-        assert_eq!(gpus[0].mig_mode, None);
-        assert_eq!(gpus[1].mig_mode.as_deref(), Some("Enabled"));
-    }
-
-    #[test]
-    fn nvidia_smi_name_with_comma_and_garbage() {
-        let gpus = parse_nvidia_smi("Odd, Name, 1 MiB, 1.0, Disabled").unwrap();
-        assert_eq!(gpus[0].name, "Odd, Name");
-        assert!(parse_nvidia_smi("No devices were found").is_err());
-    }
 
     #[test]
     fn proc_files_parse() {

@@ -7,73 +7,52 @@
 //! matters inside containers, where `nvidia-smi` lists host pids (or none) that we cannot match.
 //! A probe that fails or hangs counts as "released": it must never hold a campaign hostage.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::gpu::Smi;
 
 /// Memory a GPU may hold beyond its pre-start baseline and still count as released (driver contexts of
 /// other tenants come and go).
 const SLACK_MIB: u64 = 1024;
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(500);
 
-/// An `nvidia-smi` to ask.
+/// Watches GPU memory around one server's life (through [`crate::gpu`]; queries run off the async
+/// runtime).
 #[derive(Debug, Clone)]
 pub struct GpuProbe {
-    program: PathBuf,
+    smi: Smi,
 }
 
 impl GpuProbe {
     /// `nvidia-smi` from PATH, if there is one (i.e. this is a GPU host).
     pub fn find() -> Option<GpuProbe> {
-        find_on_path("nvidia-smi").map(|program| GpuProbe { program })
+        Smi::find(None).map(|smi| GpuProbe { smi })
     }
 
     /// A probe that runs `program` instead (tests use a fake).
-    pub fn with_program(program: impl Into<PathBuf>) -> GpuProbe {
+    pub fn with_program(program: impl Into<std::path::PathBuf>) -> GpuProbe {
         GpuProbe {
-            program: program.into(),
+            smi: Smi::with_program(program),
         }
     }
 
-    async fn query(&self, args: &[&str]) -> Option<String> {
-        let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(args)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output())
+    /// Runs one blocking query on the blocking pool; a query that cannot run answers nothing.
+    async fn ask<T: Send + 'static>(&self, query: fn(&Smi) -> Option<T>) -> Option<T> {
+        let smi = self.smi.clone();
+        tokio::task::spawn_blocking(move || query(&smi))
             .await
-            .ok()?
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            .ok()
+            .flatten()
     }
 
     /// Used memory per GPU in MiB, in index order.
     pub async fn memory_used(&self) -> Option<Vec<u64>> {
-        let text = self
-            .query(&["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
-            .await?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| l.trim().parse().ok())
-            .collect()
+        self.ask(Smi::memory_used).await
     }
 
     /// Pids of processes holding GPU memory.
     pub async fn compute_pids(&self) -> Option<Vec<u32>> {
-        let text = self
-            .query(&[
-                "--query-compute-apps=pid,used_memory",
-                "--format=csv,noheader,nounits",
-            ])
-            .await?;
-        Some(
-            text.lines()
-                .filter_map(|l| l.split(',').next()?.trim().parse().ok())
-                .collect(),
-        )
+        self.ask(Smi::compute_pids).await
     }
 
     async fn released(&self, ours: &[u32], baseline: Option<&[u64]>) -> bool {
@@ -106,41 +85,17 @@ impl GpuProbe {
     }
 }
 
-/// The first executable file called `name` in PATH.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    /// A fake `nvidia-smi` whose answers come from files the test rewrites. It is linked, not written:
-    /// executing a file just written can fail with ETXTBSY while other tests fork.
+    /// A fake `nvidia-smi` whose answers come from files the test rewrites (see `crate::gpu`'s tests).
     fn fake(dir: &Path) -> GpuProbe {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-nvidia-smi");
         let link = dir.join("nvidia-smi");
         std::os::unix::fs::symlink(script, &link).unwrap();
         GpuProbe::with_program(link)
-    }
-
-    #[tokio::test]
-    async fn parses_memory_and_pids() {
-        let dir = tempfile::tempdir().unwrap();
-        let probe = fake(dir.path());
-        std::fs::write(dir.path().join("mem"), "1200\n 35000\n").unwrap();
-        std::fs::write(dir.path().join("apps"), "4242, 33000\n77, 10\n").unwrap();
-        assert_eq!(probe.memory_used().await, Some(vec![1200, 35000]));
-        assert_eq!(probe.compute_pids().await, Some(vec![4242, 77]));
     }
 
     #[tokio::test]

@@ -1,42 +1,14 @@
 //! The engine's version, from its version command (`vllm --version`, …), for the record of each run.
 
-use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
-use super::procs;
-
 /// Runs `command_line` through `sh -c` (stdin closed, stderr merged into stdout) and returns the line
-/// that names the version (see [`version_line`]). `None` if it cannot start, exits unsuccessfully, prints nothing, or
-/// runs past `timeout` (then its whole process group is killed, so a helper it started cannot keep the
-/// output pipe, and us, waiting). Blocks: call it through `spawn_blocking` from async code.
+/// that names the version (see [`version_line`]). `None` if it cannot start, exits unsuccessfully, prints
+/// nothing, or runs past `timeout` (see [`crate::tool`]). Blocks: call it through `spawn_blocking` from
+/// async code.
 pub fn engine_version(command_line: &str, timeout: Duration) -> Option<String> {
-    let handle = duct::cmd("sh", ["-c", command_line])
-        .stdin_null()
-        .stderr_to_stdout()
-        .stdout_capture()
-        .unchecked()
-        .before_spawn(|cmd| {
-            cmd.process_group(0);
-            Ok(())
-        })
-        .start()
-        .ok()?;
-    let pid = handle.pids().first().copied()?;
-    let output = match handle.wait_timeout(timeout) {
-        Ok(Some(out)) => out.clone(),
-        _ => {
-            procs::signal_group(pid as i32, Signal::SIGKILL);
-            // Reap, now that nothing can hold the pipe open any more.
-            let _ = handle.wait();
-            return None;
-        }
-    };
-    if !output.status.success() {
-        return None;
-    }
-    version_line(&String::from_utf8_lossy(&output.stdout))
+    let output = crate::tool::run_shell(command_line, timeout).ok()?;
+    version_line(&output.stdout)
 }
 
 /// The first non-empty line that carries a version number (`0.32.0`, `version: 0.6.0-dev`, `runner 0.1`),
@@ -68,7 +40,6 @@ pub fn version_line(output: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     const T: Duration = Duration::from_secs(20);
 
@@ -116,21 +87,6 @@ mod tests {
         assert_eq!(
             engine_version("no-such-program-for-runner-tests --version", T),
             None
-        );
-    }
-
-    #[test]
-    fn timeout_kills_the_command_and_its_helpers() {
-        let start = Instant::now();
-        // The background sleep inherits the output pipe: without the group kill we would wait 30 s.
-        assert_eq!(
-            engine_version("sleep 30 & echo late; sleep 30", Duration::from_millis(300)),
-            None
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            start.elapsed()
         );
     }
 }
