@@ -147,5 +147,5 @@ pub fn print_error(err: &anyhow::Error) {
     for cause in err.chain().skip(1) {
         text.push_str(&format!("\n  caused by: {cause}"));
     }
-    eprintln!("{text}");
+    crate::progress::say(text);
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::exit::{self, Failure};
 use crate::experiment::{self, Experiment};
 use crate::plan::{self, Plan};
+use crate::progress::say;
 use crate::store::Store;
 
 /// Loads, validates and expands an experiment file, applying `--only` filters. Every input problem
@@ -29,7 +30,9 @@ pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::
     ensure_writable(&exp)?;
     // A runner killed hard may have left its server running: clean it up before anything starts.
     match crate::server::cleanup_stale(&store.pid_file()) {
-        Ok(Some(cleanup)) => eprintln!("cleaned up a stale server from an earlier run: {cleanup}"),
+        Ok(Some(cleanup)) => say(format!(
+            "cleaned up a stale server from an earlier run: {cleanup}"
+        )),
         Ok(None) => {}
         Err(e) => return Err(Failure::bad_input(format!("{e}")).into()),
     }
@@ -39,7 +42,7 @@ pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::
     )
     .context("copying the experiment file into the results directory")?;
     let outcome = crate::run::execute(&exp, &plan, &store, policy)?;
-    eprintln!(
+    say(format!(
         "{} cell(s) run, {} already done, {} failed{}; results in {}, report in {}",
         outcome.cells_run,
         outcome.cells_skipped,
@@ -51,7 +54,7 @@ pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::
         },
         exp.results_dir.display(),
         exp.results_dir.join("report/summary.zh.md").display()
-    );
+    ));
     Ok(outcome.exit_code())
 }
 
@@ -112,10 +115,10 @@ pub fn report(file: &Path) -> anyhow::Result<i32> {
         writeln!(out, "{line}").context("writing to stdout")?;
     }
     if files.warnings > 0 || files.missing > 0 {
-        eprintln!(
+        say(format!(
             "note: {} warning(s) next to numbers, {} cell(s) without a result",
             files.warnings, files.missing
-        );
+        ));
     }
     Ok(exit::OK)
 }

@@ -3,12 +3,19 @@
 //! current load point's requests with ETA). Otherwise (CI, `nohup`, a log file): one plain line per event,
 //! so an overnight log still tells the story.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// One line on stderr that never fails. After SIGHUP the terminal may be gone (writes fail with EIO) and
+/// a closed pipe gives EPIPE; `eprintln!` would panic in the middle of a teardown. Everything the runner
+/// prints outside the bars goes through here.
+pub fn say(text: impl AsRef<str>) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", text.as_ref());
+}
 
 pub struct Reporter {
     bars: Option<Bars>,
@@ -58,7 +65,7 @@ impl Reporter {
             Some(b) => {
                 let _ = b.multi.println(text.as_ref());
             }
-            None => eprintln!("{}", text.as_ref()),
+            None => say(text),
         }
     }
 
@@ -67,7 +74,7 @@ impl Reporter {
         let text = text.into();
         match &self.bars {
             Some(b) => b.phase.set_message(text),
-            None => eprintln!("  {text}"),
+            None => say(format!("  {text}")),
         }
     }
 
@@ -81,7 +88,7 @@ impl Reporter {
     /// Shows a load point's requests as they complete, until the returned guard is dropped.
     pub fn point(&self, label: &str, done: Arc<AtomicU64>, total: u64) -> PointBar {
         let Some(b) = &self.bars else {
-            eprintln!("  {label}: {total} requests");
+            say(format!("  {label}: {total} requests"));
             return PointBar {
                 bar: None,
                 task: None,

@@ -3,15 +3,20 @@
 //! ([`crate::load`]), store each cell the moment it finishes ([`crate::store`]), tear the server down, and
 //! re-render the report ([`crate::report`]).
 //!
-//! Signals: the first Ctrl-C or SIGTERM cancels the load, tears the current server down gracefully and
-//! ends with exit code 130, keeping every finished cell; a second one kills the server's process group at
-//! once. A runner killed hard leaves a pid file that the next run uses to clean up the stale server.
+//! Signals ([`crate::signals`]): the first Ctrl-C, SIGTERM or SIGHUP cancels the load, tears the current
+//! server down gracefully and ends with exit code 130, keeping every finished cell; a second one kills the
+//! server's process group at once, in whatever phase it is: every phase of a server's life runs under
+//! [`guard`], which obeys it. A runner killed hard leaves a pid file that the next run uses to clean up the
+//! stale server.
+//!
+//! Nothing here blocks the async runtime: version commands, the environment capture, port probes and
+//! `/proc` scans run on the blocking pool (the runtime's threads read the load's streams).
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_util::sync::CancellationToken;
 
 use crate::exit;
 use crate::experiment::{Engine, Experiment, Launch};
@@ -20,7 +25,8 @@ use crate::plan::CellStatus;
 use crate::plan::print::{command_line, redacted_env};
 use crate::plan::{CellPlan, Plan, Rendered, ServerPlan};
 use crate::progress::Reporter;
-use crate::server::{self, KillHandle, ServerSpec, SmokeRequest};
+use crate::server::{self, KillHandle, ServerSpec, SmokeRequest, Teardown};
+use crate::signals::Shutdown;
 use crate::store::{CellFailure, CellResult, ServerRecord, Store, now_rfc3339};
 
 /// What the person asked of this run, as plain data (the command line maps its flags to this).
@@ -65,7 +71,41 @@ pub fn execute(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(execute_async(exp, plan, store, policy))
+    let outcome = runtime.block_on(execute_async(exp, plan, store, policy));
+    // A version command still running after an early Ctrl-C must not keep the runner alive: its thread is
+    // left behind (the command ends at its own time limit).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
+}
+
+/// What every server configuration of a run shares.
+struct Shared<'a> {
+    exp: &'a Experiment,
+    store: &'a Store,
+    client: &'a LoadClient,
+    reporter: &'a Reporter,
+    shutdown: &'a Shutdown,
+}
+
+/// Runs one phase of a server's life (start, readiness, a load point, teardown) obeying the second signal:
+/// when it comes, the group is SIGKILLed at once and the phase is left to end on its own (its process is
+/// gone, so it ends promptly). The first signal reaches the phases through `shutdown.stopping()`.
+async fn guard<T>(
+    phase: impl Future<Output = T>,
+    shutdown: &Shutdown,
+    group: Option<&KillHandle>,
+) -> T {
+    let mut phase = std::pin::pin!(phase);
+    tokio::select! {
+        biased;
+        out = &mut phase => out,
+        () = shutdown.killing().cancelled() => {
+            if let Some(group) = group {
+                group.kill_now();
+            }
+            phase.await
+        }
+    }
 }
 
 async fn execute_async(
@@ -74,14 +114,22 @@ async fn execute_async(
     store: &Store,
     policy: Policy,
 ) -> anyhow::Result<Outcome> {
-    let cancel = CancellationToken::new();
-    let current: Arc<Mutex<Option<KillHandle>>> = Arc::new(Mutex::new(None));
-    let signals = tokio::spawn(watch_signals(cancel.clone(), current.clone()));
-
+    let shutdown = Shutdown::new();
+    let listener = shutdown
+        .listen()
+        .context("installing the signal handlers")?;
     let reporter = Reporter::new(plan.cell_count() as u64);
+    let mut outcome = Outcome::default();
     // Engine versions once per engine, before any server starts: they label every result and the
     // environment record, and a missing engine binary shows up in the first seconds.
-    let versions = engine_versions(exp, plan);
+    let versions = tokio::select! {
+        versions = engine_versions(exp, plan) => versions,
+        () = shutdown.stopping().cancelled() => {
+            outcome.interrupted = true;
+            listener.abort();
+            return Ok(outcome);
+        }
+    };
     for (engine, version) in &versions {
         reporter.line(format!(
             "{engine}: {}",
@@ -90,19 +138,29 @@ async fn execute_async(
                 .unwrap_or("version unknown (version_command failed)")
         ));
     }
-    let known: std::collections::BTreeMap<String, String> = versions
+    let known: BTreeMap<String, String> = versions
         .iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
         .collect();
+    let file = exp.file.clone();
+    let environment = tokio::task::spawn_blocking(move || crate::envinfo::capture(&file, &known))
+        .await
+        .context("capturing the environment")?;
     store
-        .write_environment(&crate::envinfo::capture(&exp.file, &known))
+        .write_environment(&environment)
         .context("writing environment.json")?;
     let client = LoadClient::new().context("creating the HTTP client")?;
-    let mut outcome = Outcome::default();
+    let ctx = Shared {
+        exp,
+        store,
+        client: &client,
+        reporter: &reporter,
+        shutdown: &shutdown,
+    };
     let n = plan.servers.len();
 
     for (i, server) in plan.servers.iter().enumerate() {
-        if cancel.is_cancelled() {
+        if shutdown.stopping().is_cancelled() {
             outcome.interrupted = true;
             break;
         }
@@ -130,20 +188,17 @@ async fn execute_async(
             pending.len()
         ));
         let version = versions.get(&server.engine).cloned().flatten();
-        let result = run_server(
-            exp, server, &pending, store, &client, &reporter, &cancel, &current, version,
-        )
-        .await;
+        let result = run_server(&ctx, server, &pending, version).await;
         outcome.cells_run += result.cells_ok;
         outcome.cells_failed += result.cells_failed;
         if result.server_failed {
             outcome.servers_failed += 1;
         }
-        if result.interrupted || cancel.is_cancelled() {
+        if result.interrupted || shutdown.stopping().is_cancelled() {
             outcome.interrupted = true;
         }
         // Re-render after every server configuration so a crash later loses no report.
-        if let Err(e) = crate::report::render_all(exp, plan, store) {
+        if let Err(e) = render_report(exp, plan, store).await {
             reporter.line(format!("warning: report not rendered: {e:#}"));
         }
         if outcome.interrupted
@@ -153,38 +208,16 @@ async fn execute_async(
         }
     }
     reporter.finish();
-    signals.abort();
+    listener.abort();
     Ok(outcome)
 }
 
-/// First signal: cancel (graceful). Second: SIGKILL the current server's process group at once.
-async fn watch_signals(cancel: CancellationToken, current: Arc<Mutex<Option<KillHandle>>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
-    let mut count = 0;
-    loop {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        count += 1;
-        if count == 1 {
-            eprintln!(
-                "\ninterrupted: stopping the load and tearing the server down (again to kill it at once)"
-            );
-            cancel.cancel();
-        } else {
-            eprintln!("\nkilling the server's process group");
-            if let Some(handle) = current.lock().ok().and_then(|g| g.clone()) {
-                handle.kill_now();
-            }
-        }
-    }
+/// Renders the report on the blocking pool (templates and files; it must not stall a running load).
+async fn render_report(exp: &Experiment, plan: &Plan, store: &Store) -> anyhow::Result<()> {
+    let (exp, plan, store) = (exp.clone(), plan.clone(), store.clone());
+    tokio::task::spawn_blocking(move || crate::report::render_all(&exp, &plan, &store).map(drop))
+        .await
+        .context("the report task")?
 }
 
 #[derive(Default)]
@@ -195,18 +228,14 @@ struct ServerResult {
     interrupted: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_server(
-    exp: &Experiment,
+    ctx: &Shared<'_>,
     server: &ServerPlan,
     pending: &[&CellPlan],
-    store: &Store,
-    client: &LoadClient,
-    reporter: &Reporter,
-    cancel: &CancellationToken,
-    current: &Arc<Mutex<Option<KillHandle>>>,
     engine_version: Option<String>,
 ) -> ServerResult {
+    let (exp, store, reporter) = (ctx.exp, ctx.store, ctx.reporter);
+    let cancel = ctx.shutdown.stopping();
     let engine = &exp.engines[&server.engine];
     let mut record = ServerRecord {
         id: server.id.clone(),
@@ -219,30 +248,43 @@ async fn run_server(
     let mut result = ServerResult::default();
 
     // Everything up to "ready": on failure every pending cell of this server fails with the reason.
-    let started = start_server(exp, engine, server, store, reporter, cancel, &mut record).await;
-    let (mut running, rendered) = match started {
-        Ok(pair) => pair,
-        Err((reason, log_tail, interrupted)) => {
-            record.status = if interrupted { "interrupted" } else { "failed" }.into();
-            record.reason = Some(reason.clone());
-            record.log_tail = log_tail.clone();
+    let (running, rendered) = match start_server(ctx, engine, server, &mut record).await {
+        Ok(started) => started,
+        Err(failure) => {
+            if let Some(teardown) = &failure.teardown {
+                record_teardown(reporter, &mut record, teardown);
+            }
+            record.status = if failure.interrupted {
+                "interrupted"
+            } else {
+                "failed"
+            }
+            .into();
+            record.reason = Some(failure.reason.clone());
+            record.log_tail = failure.log_tail.clone();
             write_or_warn(reporter, store.write_server(&record), "server record");
-            if interrupted {
+            if failure.interrupted {
                 result.interrupted = true;
                 return result;
             }
-            reporter.line(format!("  server failed: {reason}"));
+            reporter.line(format!("  server failed: {}", failure.reason));
             for cell in pending {
-                fail_cell(store, reporter, server, cell, &reason, &log_tail);
+                fail_cell(
+                    store,
+                    reporter,
+                    server,
+                    cell,
+                    &failure.reason,
+                    &failure.log_tail,
+                );
             }
             result.server_failed = true;
             result.cells_failed = pending.len();
             return result;
         }
     };
-    if let Some(r) = &running {
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.kill_handle());
-    }
+    let group = running.as_ref().map(server::RunningServer::kill_handle);
+    let mut running = running;
 
     let target = Target {
         base_url: rendered.base_url.clone(),
@@ -270,17 +312,23 @@ async fn run_server(
         let progress = load::Progress::default();
         let bar = reporter.point(&label, progress.done.clone(), u64::from(cell.load.requests));
         let started_at = now_rfc3339();
-        let outcome = load::run_point(client, &target, &cell.load, &progress, cancel).await;
+        let outcome = guard(
+            load::run_point(ctx.client, &target, &cell.load, &progress, cancel),
+            ctx.shutdown,
+            group.as_ref(),
+        )
+        .await;
         drop(bar);
         // A server that died under load invalidates the point, whatever the client saw.
         let exited = running.as_mut().and_then(|r| r.exit_status());
+        let log_tail = || running.as_ref().map(|r| r.log_tail()).unwrap_or_default();
         match (outcome, exited) {
             (Err(LoadError::Interrupted), _) => {
                 result.interrupted = true;
                 break;
             }
             (_, Some(status)) => {
-                let tail = running.as_ref().map(|r| r.log_tail()).unwrap_or_default();
+                let tail = log_tail();
                 let reason = format!("the server exited during the load point ({status})");
                 reporter.line(format!("  {}: {reason}", cell.id));
                 for c in &pending[k..] {
@@ -292,20 +340,12 @@ async fn run_server(
             }
             (Err(e), None) => {
                 let reason = format!("load point failed: {e:#}");
-                let tail = running.as_ref().map(|r| r.log_tail()).unwrap_or_default();
-                fail_cell(store, reporter, server, cell, &reason, &tail);
+                fail_cell(store, reporter, server, cell, &reason, &log_tail());
                 result.cells_failed += 1;
             }
             (Ok(point), None) if point.summary.succeeded == 0 => {
-                let kinds: Vec<String> = point
-                    .summary
-                    .errors
-                    .iter()
-                    .map(|(k, v)| format!("{k} ×{v}"))
-                    .collect();
-                let reason = format!("no request succeeded ({})", kinds.join(", "));
-                let tail = running.as_ref().map(|r| r.log_tail()).unwrap_or_default();
-                fail_cell(store, reporter, server, cell, &reason, &tail);
+                let reason = no_success_reason(&point.summary.errors, &target.model, &server.model);
+                fail_cell(store, reporter, server, cell, &reason, &log_tail());
                 result.cells_failed += 1;
             }
             (Ok(point), None) => {
@@ -351,33 +391,8 @@ async fn run_server(
 
     if let Some(r) = running {
         reporter.phase(format!("{}: stopping", server.id));
-        let teardown = r.stop().await;
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        record.teardown_s = Some(teardown.seconds);
-        record.teardown_escalated = Some(teardown.escalated);
-        record.teardown_leftovers = teardown.leftovers.clone();
-        record.port_freed = Some(teardown.port_freed);
-        record.gpu_wait_s = teardown.gpu_wait_s;
-        if !teardown.leftovers.is_empty() || !teardown.port_freed {
-            reporter.line(format!(
-                "  warning: after teardown {} process(es) of the group remain and the port is {}",
-                teardown.leftovers.len(),
-                if teardown.port_freed {
-                    "free"
-                } else {
-                    "still taken"
-                }
-            ));
-        }
-        reporter.line(format!(
-            "  stopped in {:.1}s{}",
-            teardown.seconds,
-            if teardown.escalated {
-                " (SIGKILL after the grace period)"
-            } else {
-                ""
-            }
-        ));
+        let teardown = guard(r.stop(), ctx.shutdown, group.as_ref()).await;
+        record_teardown(reporter, &mut record, &teardown);
     }
     record.status = if result.interrupted {
         "interrupted"
@@ -391,19 +406,84 @@ async fn run_server(
     result
 }
 
-type StartFailure = (String, Vec<String>, bool);
+/// The reason a point in which no request succeeded failed. Every request answered 404 almost always
+/// means the server does not know the model name we send.
+fn no_success_reason(
+    errors: &std::collections::BTreeMap<String, u64>,
+    sent_model: &str,
+    model_id: &str,
+) -> String {
+    let kinds: Vec<String> = errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+    let mut reason = format!("no request succeeded ({})", kinds.join(", "));
+    if !errors.is_empty() && errors.keys().all(|k| k == "http_404") {
+        reason.push_str(&format!(
+            "\n  help: the server answered 404 to every request for model `{sent_model}`: it probably serves \
+             the model under another name; set `served_model_name` in [models.{model_id}] to the name it \
+             lists at /v1/models (or pass `--served-model-name` in the engine's command)"
+        ));
+    }
+    reason
+}
+
+/// What a teardown did, into the server record and the terminal (the same facts for a failed start, an
+/// interrupted one and a normal stop).
+fn record_teardown(reporter: &Reporter, record: &mut ServerRecord, teardown: &Teardown) {
+    record.teardown_s = Some(teardown.seconds);
+    record.teardown_escalated = Some(teardown.escalated);
+    record.teardown_leftovers = teardown.leftovers.clone();
+    record.port_freed = Some(teardown.port_freed);
+    record.gpu_wait_s = teardown.gpu_wait_s;
+    if !teardown.leftovers.is_empty() || !teardown.port_freed {
+        reporter.line(format!(
+            "  warning: after teardown {} process(es) of the group remain and the port is {}",
+            teardown.leftovers.len(),
+            if teardown.port_freed {
+                "free"
+            } else {
+                "still taken"
+            }
+        ));
+    }
+    reporter.line(format!(
+        "  stopped in {:.1}s{}",
+        teardown.seconds,
+        if teardown.escalated {
+            " (SIGKILL after the grace period or a second Ctrl-C)"
+        } else {
+            ""
+        }
+    ));
+}
+
+/// Why a server configuration never became ready; `teardown` is set when a process had been started.
+struct StartFailure {
+    reason: String,
+    log_tail: Vec<String>,
+    interrupted: bool,
+    teardown: Option<Teardown>,
+}
+
+impl StartFailure {
+    fn before_spawn(reason: String) -> StartFailure {
+        StartFailure {
+            reason,
+            log_tail: Vec::new(),
+            interrupted: false,
+            teardown: None,
+        }
+    }
+}
 
 /// Picks the port, renders the command, starts the server (or attaches) and waits until it is ready.
 async fn start_server(
-    exp: &Experiment,
+    ctx: &Shared<'_>,
     engine: &Engine,
     server: &ServerPlan,
-    store: &Store,
-    reporter: &Reporter,
-    cancel: &CancellationToken,
     record: &mut ServerRecord,
 ) -> Result<(Option<server::RunningServer>, Rendered), StartFailure> {
-    let fail = |reason: String| (reason, Vec::new(), false);
+    let (exp, store, reporter) = (ctx.exp, ctx.store, ctx.reporter);
+    let cancel = ctx.shutdown.stopping();
+    let fail = StartFailure::before_spawn;
     let smoke_for = |rendered: &Rendered| {
         engine
             .smoke_test
@@ -423,19 +503,16 @@ async fn start_server(
                 cancel,
             )
             .await
-            .map_err(|e| {
-                (
-                    e.to_string(),
-                    Vec::new(),
-                    matches!(e, server::StartError::Interrupted),
-                )
+            .map_err(|e| StartFailure {
+                interrupted: matches!(e, server::StartError::Interrupted),
+                ..fail(e.to_string())
             })?;
             record.time_to_ready_s = Some(ready.seconds);
             Ok((None, rendered))
         }
         Launch::Spawn { port, .. } => {
             let port = match port {
-                Some(p) if server::port_in_use(*p) => {
+                Some(p) if server::port_in_use_async(*p).await => {
                     return Err(fail(format!(
                         "port {p} is already in use by another process; stop it or change `port` in [engines.{}]",
                         engine.name
@@ -469,50 +546,69 @@ async fn start_server(
                 gpu_release_timeout: engine.gpu_release_timeout,
             };
             reporter.phase(format!("{}: starting on port {port}", server.id));
-            let mut running = server::start(&spec, &store.pid_file())
-                .await
-                .map_err(|e| (e.to_string(), e.log_tail().to_vec(), false))?;
+            let mut running =
+                server::start(&spec, &store.pid_file())
+                    .await
+                    .map_err(|e| StartFailure {
+                        log_tail: e.log_tail().to_vec(),
+                        ..fail(e.to_string())
+                    })?;
+            // From here on a second Ctrl-C kills this group at once, whatever the phase.
+            let group = running.kill_handle();
             reporter.phase(format!(
                 "{}: waiting for {} (up to {})",
                 server.id,
                 engine.ready_path,
                 humantime::format_duration(engine.ready_timeout)
             ));
-            match running.wait_ready(cancel).await {
+            match guard(running.wait_ready(cancel), ctx.shutdown, Some(&group)).await {
                 Ok(ready) => {
                     record.time_to_ready_s = Some(ready.seconds);
                     reporter.line(format!("  ready in {:.1}s", ready.seconds));
                     Ok((Some(running), rendered))
                 }
                 Err(e) => {
-                    let tail = running.log_tail();
+                    let log_tail = running.log_tail();
                     let interrupted = matches!(e, server::StartError::Interrupted);
-                    let teardown = running.stop().await;
-                    record.teardown_s = Some(teardown.seconds);
-                    record.teardown_escalated = Some(teardown.escalated);
-                    Err((e.to_string(), tail, interrupted))
+                    reporter.phase(format!("{}: stopping", server.id));
+                    let teardown = guard(running.stop(), ctx.shutdown, Some(&group)).await;
+                    Err(StartFailure {
+                        reason: e.to_string(),
+                        log_tail,
+                        interrupted,
+                        teardown: Some(teardown),
+                    })
                 }
             }
         }
     }
 }
 
-/// Each engine's version, from its version command rendered for its first server configuration.
-fn engine_versions(
-    exp: &Experiment,
-    plan: &Plan,
-) -> std::collections::BTreeMap<String, Option<String>> {
-    let mut out = std::collections::BTreeMap::new();
+/// Each engine's version, from its version command rendered for its first server configuration. The
+/// commands run at the same time, on the blocking pool (each may take up to two minutes).
+async fn engine_versions(exp: &Experiment, plan: &Plan) -> BTreeMap<String, Option<String>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = BTreeMap::new();
     for server in &plan.servers {
         if out.contains_key(&server.engine) {
             continue;
         }
+        out.insert(server.engine.clone(), None);
         let command = server
             .render(exp, None)
             .ok()
             .and_then(|r| r.version_command);
-        let version = command.and_then(|c| server::engine_version(&c, Duration::from_secs(120)));
-        out.insert(server.engine.clone(), version);
+        let engine = server.engine.clone();
+        tasks.spawn_blocking(move || {
+            let version =
+                command.and_then(|c| server::engine_version(&c, Duration::from_secs(120)));
+            (engine, version)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((engine, version)) = joined {
+            out.insert(engine, version);
+        }
     }
     out
 }

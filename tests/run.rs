@@ -434,3 +434,98 @@ fn saved_prompts_are_exact_and_identical_across_runs() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(prompts_of(&dir.path), first);
 }
+
+/// Sends `signal` to the runner.
+fn send(runner: &Guard, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(runner.0.id() as i32);
+    nix::sys::signal::kill(pid, signal).expect("signal the runner");
+}
+
+/// Waits for the runner to exit (at most `limit`) and returns its exit code and how long it took.
+fn exit_within(runner: &mut Guard, limit: Duration) -> (Option<i32>, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = runner.0.try_wait().expect("wait") {
+            return (status.code(), t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "the runner did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn server_record(dir: &Path, id: &str) -> serde_json::Value {
+    let path = results(dir).join("servers").join(id).join("server.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("server record")).expect("JSON")
+}
+
+#[test]
+fn double_ctrl_c_while_waiting_for_readiness_kills_the_group_at_once() {
+    // A server that never gets ready and ignores SIGTERM, with a long grace period: only the second
+    // Ctrl-C can end the teardown quickly.
+    let body = experiment(false, false)
+        .replace("--seed 3", "--seed 3 --never-ready --ignore-sigterm")
+        .replace("stop_grace = \"3s\"", "stop_grace = \"60s\"");
+    let dir = setup(&body);
+    let mut runner = spawn_runner(&dir.path);
+    wait_for("the server to start", Duration::from_secs(30), || {
+        results(&dir.path).join("runner.pid").exists()
+    });
+    let pgid = pid_file(&dir.path)["pgid"].as_i64().expect("pgid") as i32;
+    // Readiness polling is under way (the server answers 503).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!group_members(pgid).is_empty(), "the server runs");
+    send(&runner, nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        runner.0.try_wait().unwrap().is_none(),
+        "the first Ctrl-C waits for the grace period"
+    );
+    send(&runner, nix::sys::signal::Signal::SIGINT);
+    let (code, took) = exit_within(&mut runner, Duration::from_secs(10));
+    assert_eq!(code, Some(130));
+    assert!(
+        took < Duration::from_secs(2),
+        "the second Ctrl-C took {took:?}"
+    );
+    assert!(group_members(pgid).is_empty(), "the group is gone");
+    let record = server_record(&dir.path, "tiny/fp8/sim");
+    assert_eq!(record["status"], "interrupted", "{record}");
+    assert_eq!(record["teardown_escalated"], true, "{record}");
+    assert_eq!(record["port_freed"], true, "{record}");
+    assert!(
+        result_files(&dir.path).is_empty(),
+        "nothing was measured, nothing recorded as measured"
+    );
+}
+
+#[test]
+fn sighup_with_the_terminal_gone_stops_gracefully_and_keeps_finished_cells() {
+    let dir = setup(&experiment(true, false));
+    let mut runner = spawn_runner(&dir.path);
+    wait_for("the first finished cell", Duration::from_secs(60), || {
+        !result_files(&dir.path).is_empty()
+    });
+    let pgid = pid_file(&dir.path)["pgid"].as_i64().expect("pgid") as i32;
+    // The SSH session dropped: whoever read the runner's output is gone, every write to it now fails.
+    drop(runner.0.stderr.take());
+    send(&runner, nix::sys::signal::Signal::SIGHUP);
+    let (code, _) = exit_within(&mut runner, Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(130),
+        "a graceful stop, not a panic on a failed write"
+    );
+    assert!(group_members(pgid).is_empty(), "the group is gone");
+    assert!(!results(&dir.path).join("runner.pid").exists());
+    let record = server_record(&dir.path, "tiny/fp8/sim");
+    assert_eq!(record["status"], "interrupted", "{record}");
+    assert_eq!(record["teardown_escalated"], false, "{record}");
+    for f in result_files(&dir.path) {
+        let cell: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&f).unwrap()).expect("finished cell intact");
+        assert_eq!(cell["summary"]["failed"], 0);
+    }
+}

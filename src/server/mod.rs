@@ -1,6 +1,6 @@
 //! Supervise one engine server: start its process group, wait until it is ready, stop it so that nothing
 //! of it survives, and clean up after a runner that was killed hard. This is the only module that
-//! starts, signals or waits for child processes (the runner's own signal handling lives in `run`).
+//! starts, signals or waits for child processes (the runner's own signals are `crate::signals`).
 //!
 //! The lifecycle, as the orchestrator drives it (all plain data and async fns):
 //!
@@ -14,8 +14,9 @@
 //! }
 //! let teardown = s.stop().await;                 always, also after a wait_ready error
 //! ```
-//! A second Ctrl-C calls [`RunningServer::kill_now`] (SIGKILL to the group at once) from another task;
-//! the `stop` in progress then finds the group gone. `url = …` engines use [`attach`] instead.
+//! A second Ctrl-C makes the loop that owns the server call [`KillHandle::kill_now`] (SIGKILL to the group
+//! at once) while `wait_ready` or `stop` is in progress; `stop` then finds the group gone and reports the
+//! teardown as escalated. `url = …` engines use [`attach`] instead.
 //!
 //! Invariants:
 //! - Every server runs in its own session and process group (pgid = pid of the spawned process), stdin
@@ -42,11 +43,10 @@ mod port;
 pub mod procs;
 mod version;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -56,8 +56,10 @@ use tokio_util::sync::CancellationToken;
 pub use gpu::GpuProbe;
 pub use logs::TAIL_LINES;
 pub use pidfile::{PidFile, StaleCleanup, cleanup_stale};
-pub use port::{pick_free_port, port_in_use};
+pub use port::{pick_free_port, port_in_use, port_in_use_async};
 pub use version::engine_version;
+
+pub use crate::tool::describe_status;
 
 /// How often the ready endpoint is asked (from 25 ms, doubling up to 250 ms: a server that is ready
 /// at once is not kept waiting a whole interval), and how long one answer may take.
@@ -278,20 +280,6 @@ fn where_to_look(log_path: Option<&Path>, tail: &[String]) -> String {
     out
 }
 
-/// `exit code 3`, `killed by SIGKILL`.
-pub fn describe_status(status: &ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        format!("exit code {code}")
-    } else if let Some(sig) = status.signal() {
-        match Signal::try_from(sig) {
-            Ok(s) => format!("killed by {}", s.as_str()),
-            Err(_) => format!("killed by signal {sig}"),
-        }
-    } else {
-        status.to_string()
-    }
-}
-
 fn http_client() -> Result<reqwest::Client, StartError> {
     // No proxy: engines run on loopback and a proxy from the environment would answer for them. No idle
     // connections: an open keep-alive socket can hold up an engine's graceful shutdown.
@@ -318,20 +306,26 @@ pub struct RunningServer {
     client: reqwest::Client,
     gpu: Option<GpuProbe>,
     gpu_baseline: Option<Vec<u64>>,
-    killed: AtomicBool,
+    /// Set once SIGKILL was sent, by `stop` or through a [`KillHandle`]: the teardown was escalated.
+    killed: Arc<AtomicBool>,
     stopped: bool,
 }
 
-/// Kills a server's process group from anywhere (see [`RunningServer::kill_handle`]); it checks the group
-/// is still ours (leader start time), so a recycled pid is never signalled.
+/// Kills a server's process group while the [`RunningServer`] is busy elsewhere (waiting for readiness,
+/// in the middle of `stop`); see [`RunningServer::kill_handle`]. It checks the group is still ours (leader
+/// start time), so a recycled pid is never signalled, and marks the teardown as escalated.
 #[derive(Debug, Clone)]
 pub struct KillHandle {
     pgid: i32,
     leader_start_ticks: u64,
+    killed: Arc<AtomicBool>,
 }
 
 impl KillHandle {
+    /// SIGKILL to the whole group at once. Does not wait: the server's `stop` still does that, and
+    /// reports the teardown as escalated.
     pub fn kill_now(&self) {
+        self.killed.store(true, Ordering::SeqCst);
         signal_if_ours(self.pgid, self.leader_start_ticks, Signal::SIGKILL);
     }
 }
@@ -339,7 +333,7 @@ impl KillHandle {
 /// Starts the server of `spec` in its own session and process group and records it in `pid_file`.
 /// Returns as soon as the process runs; readiness is [`RunningServer::wait_ready`].
 pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, StartError> {
-    if spec.port != 0 && port_in_use(spec.port) {
+    if spec.port != 0 && port_in_use_async(spec.port).await {
         return Err(StartError::PortInUse { port: spec.port });
     }
     let client = http_client()?;
@@ -394,15 +388,18 @@ pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, 
         cmd.current_dir(dir);
     }
     let runner_pid = nix::unistd::Pid::this();
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system calls
-    // (setsid, prctl, getppid); it allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe calls are
+    // allowed (another thread of the runner may have held the allocator's lock at the fork). It makes
+    // three system calls (setsid, prctl, getppid) and builds its errors from raw errno values, which
+    // `io::Error` stores inline: nothing in it allocates or takes a lock.
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid()?;
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The runner may have died before the death signal was armed: then nobody would stop us.
+            // (ESRCH, "no such process": our parent is gone; nobody reads this error but the kernel.)
             if nix::unistd::getppid() != runner_pid {
-                return Err(std::io::Error::other("the runner exited during the start"));
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
@@ -430,7 +427,7 @@ pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, 
         client,
         gpu,
         gpu_baseline,
-        killed: AtomicBool::new(false),
+        killed: Arc::new(AtomicBool::new(false)),
         stopped: false,
     };
     if let Err(source) = record.write(pid_file) {
@@ -665,12 +662,13 @@ impl RunningServer {
         signal_if_ours(self.pgid, self.leader_start_ticks, signal)
     }
 
-    /// A handle the runner's signal task keeps, to kill the group on a second Ctrl-C while this server is
-    /// owned elsewhere (e.g. in the middle of `stop`).
+    /// A handle that kills the group while this server is borrowed by one of its own phases (the second
+    /// Ctrl-C during `wait_ready` or `stop`).
     pub fn kill_handle(&self) -> KillHandle {
         KillHandle {
             pgid: self.pgid,
             leader_start_ticks: self.leader_start_ticks,
+            killed: Arc::clone(&self.killed),
         }
     }
 
@@ -686,8 +684,7 @@ impl RunningServer {
 
     /// SIGKILL to the whole group at once (the second Ctrl-C). Does not wait: `stop` still does that.
     pub fn kill_now(&self) {
-        self.killed.store(true, Ordering::SeqCst);
-        self.signal(Signal::SIGKILL);
+        self.kill_handle().kill_now();
     }
 
     /// Tears the server down: SIGTERM to the group, up to `stop_grace` for it to go, SIGKILL to the group,
@@ -697,7 +694,7 @@ impl RunningServer {
         let t0 = Instant::now();
         let (pgid, ticks) = (self.pgid, self.leader_start_ticks);
         // Who holds GPU memory is matched against these pids; the leader may have exited already.
-        let mut ours = procs::group_members(pgid);
+        let mut ours = procs::group_members_async(pgid).await;
         ours.push(pgid as u32);
         let child = &mut self.child;
         let mut reap = || {
@@ -778,7 +775,7 @@ fn signal_if_ours(pgid: i32, leader_start_ticks: u64, signal: Signal) -> bool {
 async fn wait_port_free(port: u16, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        if !port_in_use(port) {
+        if !port_in_use_async(port).await {
             return true;
         }
         if Instant::now() >= deadline {
@@ -833,18 +830,6 @@ mod tests {
         ));
         assert!(!has_answer(r#"{"choices":[]}"#));
         assert!(!has_answer("<html>"));
-    }
-
-    #[test]
-    fn statuses_read_like_words() {
-        assert_eq!(
-            describe_status(&ExitStatus::from_raw(3 << 8)),
-            "exit code 3"
-        );
-        assert_eq!(
-            describe_status(&ExitStatus::from_raw(9)),
-            "killed by SIGKILL"
-        );
     }
 
     #[test]

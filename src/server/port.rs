@@ -25,6 +25,13 @@ pub fn port_in_use(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// [`port_in_use`] on the blocking pool (the connect attempt may take up to 200 ms).
+pub async fn port_in_use_async(port: u16) -> bool {
+    tokio::task::spawn_blocking(move || port_in_use(port))
+        .await
+        .unwrap_or(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,14 @@ pub fn signal_group(pgid: i32, signal: Signal) -> bool {
     killpg(Pid::from_raw(pgid), signal).is_ok()
 }
 
+/// [`group_members`] on the blocking pool: a scan reads every process's `/proc/PID/stat`, which on a busy
+/// host takes long enough to stall the async runtime that reads the load's streams.
+pub async fn group_members_async(pgid: i32) -> Vec<u32> {
+    tokio::task::spawn_blocking(move || group_members(pgid))
+        .await
+        .unwrap_or_default()
+}
+
 /// Polls until the group has no live member or `limit` passes; `tick` runs before every scan (the caller
 /// reaps its direct child there, so that it does not linger as a zombie it alone could collect).
 /// Returns the members still alive at the end.
@@ -78,7 +86,7 @@ pub async fn wait_group_gone(pgid: i32, limit: Duration, mut tick: impl FnMut())
     let deadline = Instant::now() + limit;
     loop {
         tick();
-        let left = group_members(pgid);
+        let left = group_members_async(pgid).await;
         if left.is_empty() || Instant::now() >= deadline {
             return left;
         }
