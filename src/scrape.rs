@@ -25,7 +25,8 @@ pub type Samples = BTreeMap<String, f64>;
 
 /// Parses the Prometheus text exposition format. Written here rather than with a parser crate because
 /// metric names with colons (`vllm:...`, `sglang:...`, `llamacpp:...`) are the ones we need and the
-/// common crates' name patterns skip them. Comments, blank and malformed lines are ignored.
+/// common crates' name patterns reject them (`prometheus-parse` fails on them; it was tried and removed).
+/// Comments, blank and malformed lines are ignored.
 pub fn parse(text: &str) -> Samples {
     let mut out = Samples::new();
     for line in text.lines() {

@@ -583,38 +583,3 @@ async fn the_simulated_engine_ignoring_sigterm_is_killed() {
     let teardown = stop_and_check(&case, server).await;
     assert!(teardown.escalated, "{teardown:?}");
 }
-
-/// Not a check: prints time to ready and teardown time per fixture (5 runs each), for the record.
-/// `cargo test --test tests measure_lifecycle_timings -- --ignored --nocapture`
-#[tokio::test]
-#[ignore]
-async fn measure_lifecycle_timings() {
-    for (name, knobs, grace) in [
-        ("sim", vec!["--startup-delay", "0s"], 5u64),
-        ("late-binder", vec![], 5),
-        ("chatty", vec![], 5),
-        ("grandchildren", vec![], 1),
-    ] {
-        let mut ready_s = vec![];
-        let mut down_s = vec![];
-        for _ in 0..5 {
-            let case = Case::new();
-            let mut spec = if name == "sim" {
-                sim_spec(&case, &knobs)
-            } else {
-                case.spec(name, &[])
-            };
-            spec.stop_grace = Duration::from_secs(grace);
-            let mut s = case.start(&spec).await;
-            ready_s.push(ready(&mut s).await.seconds);
-            let t = stop_and_check(&case, s).await;
-            down_s.push(t.seconds);
-        }
-        ready_s.sort_by(f64::total_cmp);
-        down_s.sort_by(f64::total_cmp);
-        eprintln!(
-            "{name}: ready median {:.3} s [{:.3}..{:.3}], teardown median {:.3} s [{:.3}..{:.3}]",
-            ready_s[2], ready_s[0], ready_s[4], down_s[2], down_s[0], down_s[4]
-        );
-    }
-}

@@ -6,10 +6,8 @@
 //! user + system time) is the client's alone. Its timing log says when each chunk was actually handed to
 //! the network, which splits the error into the engine's own lateness and the client's share.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -18,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{LoadClient, PointOutcome, Progress, Target, run_point};
 use crate::engine::{CacheCounters, Preset};
 use crate::experiment::load::{Api, LoadSpec, PromptMode, Slo, Vocab};
+use crate::server::{self, RunningServer, ServerSpec};
 use crate::sim::{TimingRecord, read_log};
 use crate::stats::Dist;
 
@@ -96,7 +95,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     let client = LoadClient::new()?;
     let mut rows = Vec::new();
     for &c in &args.concurrency {
-        eprintln!("bench-client: concurrency {c}");
+        crate::progress::say(format!("bench-client: concurrency {c}"));
         let row = runtime.block_on(level(&client, &args, c, &dir))?;
         rows.push(row);
     }
@@ -104,71 +103,65 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kills the engine process on every exit path (SIGTERM so that it flushes its timing log, then wait).
-struct Engine(Child);
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `runner sim` with fixed timing on a free port; returns it with its base URL.
-fn start_engine(args: &BenchArgs, log: &Path) -> anyhow::Result<(Engine, String)> {
+/// Starts `runner sim` with fixed timing on a free port through the same supervision as any engine
+/// ([`crate::server`]: own process group, log file, readiness, teardown) and waits until it is ready.
+/// Stopping it (SIGTERM) makes it flush its timing log.
+async fn start_engine(
+    args: &BenchArgs,
+    log: &Path,
+    dir: &Path,
+    concurrency: u32,
+) -> anyhow::Result<RunningServer> {
+    let port = server::pick_free_port().context("finding a free port")?;
     let exe = std::env::current_exe().context("finding the runner binary")?;
-    let mut child = Command::new(exe)
-        .args([
-            "sim",
-            "--port",
-            "0",
-            "--startup-delay",
-            "0",
-            "--fixed-timing",
-        ])
-        .args(["--ttft-ms", &args.ttft_ms.to_string()])
-        .args(["--itl-ms", &args.itl_ms.to_string()])
-        .args(["--eos-probability", "0"])
-        .args([
-            "--max-model-len",
-            &(args.input_tokens + args.output_tokens + 16).to_string(),
-        ])
-        .arg("--timing-log")
-        .arg(log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the simulated engine")?;
-    let stderr = child.stderr.take().context("no stderr pipe")?;
-    let engine = Engine(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.split("listening on ").nth(1) {
-                    break url.trim().to_string();
-                }
-            }
-            _ => bail!("the simulated engine exited before listening"),
-        }
+    let mut argv: Vec<String> = vec![exe.to_string_lossy().into_owned(), "sim".into()];
+    let port_text = port.to_string();
+    let ttft = args.ttft_ms.to_string();
+    let itl = args.itl_ms.to_string();
+    let max_len = (args.input_tokens + args.output_tokens + 16).to_string();
+    let log_text = log.to_string_lossy();
+    for word in [
+        "--port",
+        &port_text,
+        "--startup-delay",
+        "0",
+        "--fixed-timing",
+        "--ttft-ms",
+        &ttft,
+        "--itl-ms",
+        &itl,
+        "--eos-probability",
+        "0",
+        "--max-model-len",
+        &max_len,
+        "--timing-log",
+        &log_text,
+    ] {
+        argv.push(word.to_string());
+    }
+    let spec = ServerSpec {
+        id: format!("bench-client-c{concurrency}"),
+        argv,
+        shell: false,
+        env: Vec::new(),
+        workdir: None,
+        port,
+        base_url: format!("http://127.0.0.1:{port}"),
+        ready_path: "/health".into(),
+        ready_timeout: Duration::from_secs(60),
+        smoke: None,
+        stop_grace: Duration::from_secs(10),
+        log_path: dir.join(format!("engine-c{concurrency}.log")),
+        gpu_release_timeout: Duration::ZERO,
     };
-    // Keep draining its stderr so that the engine never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok((engine, url))
+    let mut engine = server::start(&spec, &dir.join("engine.pid"))
+        .await
+        .context("starting the simulated engine")?;
+    if let Err(e) = engine.wait_ready(&CancellationToken::new()).await {
+        engine.stop().await;
+        bail!("the simulated engine did not get ready: {e}");
+    }
+    Ok(engine)
 }
 
 async fn level(
@@ -178,7 +171,8 @@ async fn level(
     dir: &Path,
 ) -> anyhow::Result<Row> {
     let log = dir.join(format!("timing-c{concurrency}.jsonl"));
-    let (engine, url) = start_engine(args, &log)?;
+    let engine = start_engine(args, &log, dir, concurrency).await?;
+    let url = engine.spec().base_url.clone();
     let spec = LoadSpec {
         concurrency,
         requests: (args.rounds * concurrency).max(10),
@@ -212,9 +206,10 @@ async fn level(
         &Progress::default(),
         &CancellationToken::new(),
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    drop(engine); // flushes the timing log
+    .await;
+    // SIGTERM makes the engine flush its timing log; stop it before looking at the outcome.
+    engine.stop().await;
+    let out = out.map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.keep.is_some() {
         let mut lines = Vec::new();
         for r in &out.records {

@@ -4,6 +4,10 @@
 //! and `\n`); every complete event is delivered exactly once, in order, with no limit on line or event
 //! size (a 20K-token echo is one long line). Only `data:` fields matter to OpenAI-style streams; other
 //! fields and comments are skipped. The parser allocates only when an event spans reads.
+//!
+//! Written here rather than with an SSE crate: the load client must timestamp every read before any
+//! parsing and must hand out borrowed event data without a per-event allocation (a thousand streams at
+//! 100 tokens/s each); stream adapters built around owned `String` events do neither.
 
 /// Feeds bytes in, hands complete events' `data` out.
 #[derive(Debug, Default)]

@@ -56,7 +56,7 @@ impl PidFile {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(with_path(path, "cannot read the pid file", e)),
         };
         serde_json::from_str(&text).map(Some).map_err(|e| {
             io::Error::new(
@@ -86,6 +86,17 @@ impl PidFile {
             None => true,
         }
     }
+}
+
+/// An I/O error that names the file and what we tried, keeping its kind.
+fn with_path(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{what} {}: {e}; remove it by hand if no runner is using this results directory",
+            path.display()
+        ),
+    )
 }
 
 /// What [`cleanup_stale`] did.
@@ -165,7 +176,8 @@ pub fn cleanup_stale(pid_file: &Path) -> io::Result<Option<StaleCleanup>> {
     let port_freed = !port_in_use(record.port);
     if leftovers.is_empty() {
         // Survivors keep the file, so the next run tries again and the user sees the pids.
-        std::fs::remove_file(pid_file)?;
+        std::fs::remove_file(pid_file)
+            .map_err(|e| with_path(pid_file, "cannot remove the stale pid file", e))?;
     }
     Ok(Some(StaleCleanup {
         runner_pid: record.runner_pid,
@@ -201,6 +213,19 @@ mod tests {
         let err = PidFile::read(&path).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("remove it"));
+    }
+
+    #[test]
+    fn an_unreadable_pid_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: reading it fails with something other than NotFound.
+        let path = dir.path().join("runner.pid");
+        std::fs::create_dir(&path).unwrap();
+        let err = cleanup_stale(&path).unwrap_err();
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
