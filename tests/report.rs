@@ -13,12 +13,13 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report")
 }
 
+/// The seed documents' result tables, kept in the repository as fixture data (`fixtures/report/seed/`:
+/// copied from the seed campaign's summary and Qwen 3 14B record, numeric columns only), so that a clean
+/// clone runs the golden comparison with nothing outside it.
 fn seed_doc(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/seeds")
-        .join(name);
+    let path = fixture_dir().join("seed").join(name);
     std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("the seed {} must be readable: {e}", path.display()))
+        .unwrap_or_else(|e| panic!("the seed tables {} must be readable: {e}", path.display()))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -211,7 +212,7 @@ fn assert_rows_equal(seed: &MdTable, ours: &MdTable) {
 fn golden_summary_rows_equal_the_seed_number_for_number() {
     let campaign = Campaign::new("");
     let ours = tables(&campaign.summary());
-    let seed = tables(&seed_doc("summary-report.zh.md"));
+    let seed = tables(&seed_doc("summary-tables.zh.md"));
     assert_eq!(seed.len(), 5, "the seed summary has five result tables");
     for seed_table in &seed {
         let number = seed_table.number();
@@ -246,7 +247,7 @@ fn golden_record_rows_equal_the_seed_record() {
         .expect("a record for qwen3-14b");
     let text = std::fs::read_to_string(record).unwrap();
     let ours = tables(&text);
-    let seed = tables(&seed_doc("model-record-qwen3-14b.zh.md"));
+    let seed = tables(&seed_doc("record-qwen3-14b-tables.zh.md"));
     assert_eq!(seed.len(), 2);
     for (seed_table, ours_table) in seed.iter().zip(&ours) {
         assert!(ours_table.heading.starts_with(&seed_table.heading));
@@ -517,7 +518,7 @@ fn summary_sections_and_environment_follow_the_seed() {
         assert!(md.contains(heading), "missing {heading}");
     }
     // The seed's GPU line, now from environment.json, and VM facts from the experiment file.
-    let seed = seed_doc("summary-report.zh.md");
+    let seed = seed_doc("summary-tables.zh.md");
     let gpu_line = "- GPU Driver：NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08";
     assert!(seed.contains(gpu_line) && md.contains(gpu_line));
     assert!(md.contains("**Standard_NC128ds_xl_RTXPRO6000BSE_v6**"));
