@@ -543,28 +543,35 @@ fn write_or_warn(reporter: &Reporter, result: std::io::Result<()>, what: &str) {
     }
 }
 
-/// One line per finished cell, with the numbers a person checks first.
+/// One line per finished cell, with the numbers a person checks first; an unmeasured one is `—`.
 fn cell_line(c: &CellResult) -> String {
+    use crate::stats::Dist;
     let s = &c.summary;
+    let n = |x: Option<f64>, decimals: usize| match x {
+        Some(x) if x.is_finite() => format!("{x:.decimals$}"),
+        _ => "—".to_string(),
+    };
     let mut line = format!(
-        "{}: {}/{} ok, QPS {:.3}, TTFT {:.1} ms, TPOT {:.2} ms, E2E {:.0} ms, out {:.1} tok/s",
+        "{}: {}/{} ok, QPS {}, TTFT {} ms, TPOT {} ms, E2E {} ms, out {} tok/s",
         c.id,
         s.succeeded,
         s.requests,
-        s.qps,
-        s.ttft_ms.mean,
-        s.tpot_ms.mean,
-        s.e2e_ms.mean,
-        s.output_tokens_per_s
+        n(s.qps, 3),
+        n(Dist::mean_of(&s.ttft_ms), 1),
+        n(Dist::mean_of(&s.tpot_ms), 2),
+        n(Dist::mean_of(&s.e2e_ms), 0),
+        n(s.output_tokens_per_s, 1)
     );
     if let Some(rate) = c.server_metrics.prefix_cache_hit_rate {
         line.push_str(&format!(", prefix hits {:.1}%", rate * 100.0));
     }
-    if s.output_tokens.mismatched + s.output_tokens.unknown > 0 {
-        line.push_str(&format!(
-            "  [output length: {} mismatched, {} unknown]",
-            s.output_tokens.mismatched, s.output_tokens.unknown
-        ));
+    for (what, check) in [("input", &s.input_tokens), ("output", &s.output_tokens)] {
+        if check.mismatched + check.unknown > 0 {
+            line.push_str(&format!(
+                "  [{what} length: {} mismatched, {} unknown]",
+                check.mismatched, check.unknown
+            ));
+        }
     }
     if s.client.saturated {
         line.push_str("  [client saturated]");

@@ -315,7 +315,7 @@ fn output_mismatch_failures_and_client_saturation_are_flagged() {
         s.failed = 2;
         s.errors.insert("http_500".into(), 2);
         s.client.saturated = true;
-        s.client.lag_ms_p99 = 85.0;
+        s.client.lag_ms_p99 = Some(85.0);
     });
     let md = campaign.summary();
     let ours = tables(&md);
