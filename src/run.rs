@@ -21,7 +21,9 @@ use crate::plan::print::{command_line, redacted_env};
 use crate::plan::{CellPlan, Plan, Rendered, ServerPlan};
 use crate::progress::Reporter;
 use crate::server::{self, KillHandle, ServerSpec, SmokeRequest};
-use crate::store::{CellFailure, CellResult, ServerRecord, Store, now_rfc3339};
+use crate::store::{
+    CellFailure, CellResult, Schema, ServerRecord, ServerStatus, Store, now_rfc3339,
+};
 
 /// What the person asked of this run, as plain data (the command line maps its flags to this).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +145,15 @@ async fn execute_async(
             outcome.interrupted = true;
         }
         // Re-render after every server configuration so a crash later loses no report.
-        if let Err(e) = crate::report::render_all(exp, plan, store) {
-            reporter.line(format!("warning: report not rendered: {e:#}"));
+        match crate::report::render_all(exp, plan, store) {
+            Ok(files) => {
+                for problem in files.unreadable {
+                    reporter.line(format!(
+                        "warning: report skipped an unreadable record: {problem}"
+                    ));
+                }
+            }
+            Err(e) => reporter.line(format!("warning: report not rendered: {e:#}")),
         }
         if outcome.interrupted
             || (policy.fail_fast && (result.server_failed || result.cells_failed > 0))
@@ -223,7 +232,11 @@ async fn run_server(
     let (mut running, rendered) = match started {
         Ok(pair) => pair,
         Err((reason, log_tail, interrupted)) => {
-            record.status = if interrupted { "interrupted" } else { "failed" }.into();
+            record.status = if interrupted {
+                ServerStatus::Interrupted
+            } else {
+                ServerStatus::Failed
+            };
             record.reason = Some(reason.clone());
             record.log_tail = log_tail.clone();
             write_or_warn(reporter, store.write_server(&record), "server record");
@@ -310,6 +323,7 @@ async fn run_server(
             }
             (Ok(point), None) => {
                 let cell_result = CellResult {
+                    schema: Schema::default(),
                     id: cell.id.clone(),
                     hash: cell.hash.clone(),
                     server_id: server.id.clone(),
@@ -380,13 +394,12 @@ async fn run_server(
         ));
     }
     record.status = if result.interrupted {
-        "interrupted"
+        ServerStatus::Interrupted
     } else if result.server_failed {
-        "failed"
+        ServerStatus::Failed
     } else {
-        "ok"
-    }
-    .into();
+        ServerStatus::Ok
+    };
     write_or_warn(reporter, store.write_server(&record), "server record");
     result
 }
@@ -526,6 +539,7 @@ fn fail_cell(
     log_tail: &[String],
 ) {
     let failure = CellFailure {
+        schema: Schema::default(),
         id: cell.id.clone(),
         hash: cell.hash.clone(),
         server_id: server.id.clone(),

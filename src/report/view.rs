@@ -18,7 +18,7 @@ use crate::experiment::load::PromptMode;
 use crate::experiment::{AXES, Experiment};
 use crate::plan::{CellPlan, Plan, ServerPlan};
 use crate::stats::{Dist, TokenCheck};
-use crate::store::{CellFailure, CellResult, ServerRecord};
+use crate::store::{CellFailure, CellResult, ServerRecord, ServerStatus};
 
 /// The warning marker placed right after a suspect number.
 pub const MARK: &str = " ⚠";
@@ -30,6 +30,10 @@ pub struct Stored {
     pub failures: HashMap<String, CellFailure>,
     pub servers: HashMap<String, ServerRecord>,
     pub environment: Option<Environment>,
+    /// Cells of the plan whose `result.json` exists but could not be read: cell id → the problem.
+    pub unreadable_cells: HashMap<String, String>,
+    /// Every stored file that could not be read (`path: error`), skipped with a warning.
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +45,8 @@ pub enum RowStatus {
     Changed,
     Failed,
     Pending,
+    /// A result file is there but could not be read (it will be measured again by the next run).
+    Unreadable,
 }
 
 /// One table row: one cell of the plan.
@@ -162,6 +168,7 @@ pub struct Counts {
     pub changed: usize,
     pub failed: usize,
     pub pending: usize,
+    pub unreadable: usize,
 }
 
 /// One chart's data: per model and precision, one series per server configuration.
@@ -203,6 +210,8 @@ pub struct Report {
     pub threshold: String,
     /// Every warning, prefixed with its table's heading.
     pub warnings: Vec<String>,
+    /// Stored files that could not be read and were skipped (`path: error`).
+    pub unreadable: Vec<String>,
     #[serde(skip)]
     pub charts: Vec<ChartData>,
 }
@@ -281,14 +290,18 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
                     measured_row(cell, result, changed, preset, threshold)
                 }
                 None => {
-                    let failure = stored.failures.get(&cell.id);
-                    let server_failed = record.filter(|r| r.status == "failed");
-                    if failure.is_some() || server_failed.is_some() {
-                        counts.failed += 1;
-                    } else {
-                        counts.pending += 1;
+                    let missing = Missing {
+                        unreadable: stored.unreadable_cells.get(&cell.id),
+                        failure: stored.failures.get(&cell.id),
+                        server_failed: record.filter(|r| r.status == ServerStatus::Failed),
+                    };
+                    let row = missing_row(server, cell, &missing);
+                    match row.status {
+                        RowStatus::Unreadable => counts.unreadable += 1,
+                        RowStatus::Failed => counts.failed += 1,
+                        _ => counts.pending += 1,
                     }
-                    missing_row(server, cell, failure, server_failed)
+                    row
                 }
             };
             rows.push(row);
@@ -432,6 +445,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         counts,
         threshold: format::percent(threshold),
         warnings,
+        unreadable: stored.unreadable.clone(),
         charts: charts
             .into_values()
             .filter(|c| !c.series.is_empty())
@@ -709,22 +723,38 @@ fn load_remarks(cell: &CellPlan, measured: Option<u64>) -> Vec<String> {
     out
 }
 
-fn missing_row(
-    server: &ServerPlan,
-    cell: &CellPlan,
-    failure: Option<&CellFailure>,
-    server_failed: Option<&ServerRecord>,
-) -> Row {
-    let (status, what) = match (failure, server_failed) {
-        (Some(f), _) => (RowStatus::Failed, format!("失败：{}", f.reason)),
-        (None, Some(r)) => (
+/// Why a planned cell has no result to show.
+struct Missing<'a> {
+    /// Its `result.json` exists but could not be read.
+    unreadable: Option<&'a String>,
+    failure: Option<&'a CellFailure>,
+    /// Its server's record says the server failed.
+    server_failed: Option<&'a ServerRecord>,
+}
+
+fn missing_row(server: &ServerPlan, cell: &CellPlan, missing: &Missing) -> Row {
+    let (status, what) = match missing {
+        Missing {
+            unreadable: Some(problem),
+            ..
+        } => (
+            RowStatus::Unreadable,
+            format!("结果文件无法读取，已跳过（下次运行会重测）：{problem}"),
+        ),
+        Missing {
+            failure: Some(f), ..
+        } => (RowStatus::Failed, format!("失败：{}", f.reason)),
+        Missing {
+            server_failed: Some(r),
+            ..
+        } => (
             RowStatus::Failed,
             format!(
                 "服务器失败：{}",
                 r.reason.as_deref().unwrap_or("未记录原因")
             ),
         ),
-        (None, None) => (RowStatus::Pending, "未完成".to_string()),
+        _ => (RowStatus::Pending, "未完成".to_string()),
     };
     let mut remark = vec![what.clone()];
     remark.extend(load_remarks(cell, None));
@@ -739,6 +769,7 @@ fn missing_row(
         concurrency: cell.load.concurrency.to_string(),
         qps: match status {
             RowStatus::Failed => "失败".to_string(),
+            RowStatus::Unreadable => "无法读取".to_string(),
             _ => "未完成".to_string(),
         },
         prompt_tps: none(),
@@ -753,7 +784,7 @@ fn missing_row(
         output_tps: none(),
         remark: format::cell_text(&remark.join("；")),
         warnings: match status {
-            RowStatus::Failed => vec![what],
+            RowStatus::Failed | RowStatus::Unreadable => vec![what],
             _ => Vec::new(),
         },
     }
