@@ -1036,3 +1036,91 @@ fn an_unreadable_record_is_skipped_and_named_and_the_rest_renders() {
     );
 }
 
+/// End to end against a server that never sends `usage`: no figure that needs its token counts is shown
+/// as measured anywhere a person or a script looks (report, CSV, chart, terminal, `result.json`).
+#[test]
+fn against_a_server_without_usage_no_unmeasured_figure_looks_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("no-usage.toml");
+    std::fs::write(
+        &file,
+        r#"
+title = "no usage"
+results_dir = "results/no-usage"
+[engines.sim]
+preset = "sim"
+command = "{{ runner }} sim --port {{ port }} --startup-delay 0 --seed 3 --no-usage"
+[models.tiny]
+input_tokens = 64
+output_tokens = 8
+[models.tiny.precisions]
+fp8 = { path = "sim/tiny-fp8" }
+[matrix]
+model = ["tiny"]
+precision = ["fp8"]
+engine = ["sim"]
+concurrency = [1, 4]
+[load]
+requests = "2 * concurrency"
+warmup = 1
+timeout = "30s"
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg(&file)
+        .current_dir(tmp.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results = tmp.path().join("results/no-usage");
+
+    // Terminal: a dash, and the unknown counts said out loud.
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(" ok, QPS ")).collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    for line in lines {
+        assert!(
+            line.contains("TPOT — ms") && line.contains("out — tok/s"),
+            "{line}"
+        );
+        assert!(
+            line.contains("[input length: 0 mismatched,")
+                && line.contains("[output length: 0 mismatched,")
+        );
+    }
+
+    // result.json: null, not 0, in today's schema.
+    for c in ["c1", "c4"] {
+        let path = results
+            .join("cells/tiny/fp8/sim")
+            .join(c)
+            .join("result.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["schema"], 2);
+        let s = &v["summary"];
+        for key in [
+            "tpot_ms",
+            "decode_tps",
+            "prompt_tps",
+            "output_tokens_per_s",
+            "total_tokens_per_s",
+        ] {
+            assert_eq!(s[key], serde_json::Value::Null, "{c} {key}: {s}");
+        }
+        assert!(s["ttft_ms"]["count"].as_u64().is_some_and(|n| n > 0));
+    }
+
+    // Report and CSV.
+    let md = std::fs::read_to_string(results.join("report/summary.zh.md")).unwrap();
+    assert_no_usage_rows(&md, &["1", "4"]);
+    assert_no_usage_csv(&results.join("cells.csv"), 2);
+
+    // Chart: TTFT's two points, none for throughput or TPOT (not even at 0).
+    let svg = std::fs::read_to_string(results.join("report/charts/tiny-fp8.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
+    assert!(svg.contains("TPOT mean (ms): not measured"));
+    assert!(svg.contains("Output throughput (tok/s): not measured"));
+}
