@@ -178,6 +178,7 @@ pub struct CellResult {
 /// Reads a `result.json`, translating what an older schema meant into today's types.
 pub fn parse_cell(text: &str) -> serde_json::Result<CellResult> {
     let mut cell: CellResult = serde_json::from_str(text)?;
+    // Version 2 is the one that stopped writing 0 for unmeasured figures.
     if cell.schema < Schema(2) {
         cell.summary = cell.summary.read_zero_as_unmeasured();
     }
