@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures_util::StreamExt;
-use runner::sim::timing::percentile;
 use runner::sim::{SimConfig, SimHandle, read_log};
+use runner::stats::percentile;
 
 #[derive(Parser)]
 struct Opts {
@@ -183,12 +183,13 @@ fn main() -> anyhow::Result<()> {
         ("sim send lateness, first chunk", &first),
         ("client TTFT error (measured − true)", &client_err),
     ] {
+        let ms = |x: Option<f64>| x.map_or_else(|| "—".to_string(), |x| format!("{x:.2}"));
         println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {} | {} | {} | {} |",
             v.len(),
-            percentile(v, 50.0),
-            percentile(v, 99.0),
-            v.last().copied().unwrap_or(f64::NAN)
+            ms(percentile(v, 50.0)),
+            ms(percentile(v, 99.0)),
+            ms(v.last().copied())
         );
     }
     Ok(())

@@ -114,6 +114,9 @@ pub fn report(file: &Path) -> anyhow::Result<i32> {
     for line in lines {
         writeln!(out, "{line}").context("writing to stdout")?;
     }
+    for problem in &files.unreadable {
+        eprintln!("warning: skipped an unreadable record (the report shows the rest): {problem}");
+    }
     if files.warnings > 0 || files.missing > 0 {
         say(format!(
             "note: {} warning(s) next to numbers, {} cell(s) without a result",

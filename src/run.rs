@@ -27,7 +27,9 @@ use crate::plan::{CellPlan, Plan, Rendered, ServerPlan};
 use crate::progress::Reporter;
 use crate::server::{self, KillHandle, ServerSpec, SmokeRequest, Teardown};
 use crate::signals::Shutdown;
-use crate::store::{CellFailure, CellResult, ServerRecord, Store, now_rfc3339};
+use crate::store::{
+    CellFailure, CellResult, Schema, ServerRecord, ServerStatus, Store, now_rfc3339,
+};
 
 /// What the person asked of this run, as plain data (the command line maps its flags to this).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -198,8 +200,15 @@ async fn execute_async(
             outcome.interrupted = true;
         }
         // Re-render after every server configuration so a crash later loses no report.
-        if let Err(e) = render_report(exp, plan, store).await {
-            reporter.line(format!("warning: report not rendered: {e:#}"));
+        match render_report(exp, plan, store).await {
+            Ok(unreadable) => {
+                for problem in unreadable {
+                    reporter.line(format!(
+                        "warning: report skipped an unreadable record: {problem}"
+                    ));
+                }
+            }
+            Err(e) => reporter.line(format!("warning: report not rendered: {e:#}")),
         }
         if outcome.interrupted
             || (policy.fail_fast && (result.server_failed || result.cells_failed > 0))
@@ -212,12 +221,15 @@ async fn execute_async(
     Ok(outcome)
 }
 
-/// Renders the report on the blocking pool (templates and files; it must not stall a running load).
-async fn render_report(exp: &Experiment, plan: &Plan, store: &Store) -> anyhow::Result<()> {
+/// Renders the report on the blocking pool (templates and files; it must not stall a running load);
+/// returns the records it had to skip as unreadable.
+async fn render_report(exp: &Experiment, plan: &Plan, store: &Store) -> anyhow::Result<Vec<String>> {
     let (exp, plan, store) = (exp.clone(), plan.clone(), store.clone());
-    tokio::task::spawn_blocking(move || crate::report::render_all(&exp, &plan, &store).map(drop))
-        .await
-        .context("the report task")?
+    tokio::task::spawn_blocking(move || {
+        crate::report::render_all(&exp, &plan, &store).map(|files| files.unreadable)
+    })
+    .await
+    .context("the report task")?
 }
 
 #[derive(Default)]
@@ -255,11 +267,10 @@ async fn run_server(
                 record_teardown(reporter, &mut record, teardown);
             }
             record.status = if failure.interrupted {
-                "interrupted"
+                ServerStatus::Interrupted
             } else {
-                "failed"
-            }
-            .into();
+                ServerStatus::Failed
+            };
             record.reason = Some(failure.reason.clone());
             record.log_tail = failure.log_tail.clone();
             write_or_warn(reporter, store.write_server(&record), "server record");
@@ -350,6 +361,7 @@ async fn run_server(
             }
             (Ok(point), None) => {
                 let cell_result = CellResult {
+                    schema: Schema::default(),
                     id: cell.id.clone(),
                     hash: cell.hash.clone(),
                     server_id: server.id.clone(),
@@ -395,13 +407,12 @@ async fn run_server(
         record_teardown(reporter, &mut record, &teardown);
     }
     record.status = if result.interrupted {
-        "interrupted"
+        ServerStatus::Interrupted
     } else if result.server_failed {
-        "failed"
+        ServerStatus::Failed
     } else {
-        "ok"
-    }
-    .into();
+        ServerStatus::Ok
+    };
     write_or_warn(reporter, store.write_server(&record), "server record");
     result
 }
@@ -622,6 +633,7 @@ fn fail_cell(
     log_tail: &[String],
 ) {
     let failure = CellFailure {
+        schema: Schema::default(),
         id: cell.id.clone(),
         hash: cell.hash.clone(),
         server_id: server.id.clone(),
@@ -639,28 +651,35 @@ fn write_or_warn(reporter: &Reporter, result: std::io::Result<()>, what: &str) {
     }
 }
 
-/// One line per finished cell, with the numbers a person checks first.
+/// One line per finished cell, with the numbers a person checks first; an unmeasured one is `—`.
 fn cell_line(c: &CellResult) -> String {
+    use crate::stats::Dist;
     let s = &c.summary;
+    let n = |x: Option<f64>, decimals: usize| match x {
+        Some(x) if x.is_finite() => format!("{x:.decimals$}"),
+        _ => "—".to_string(),
+    };
     let mut line = format!(
-        "{}: {}/{} ok, QPS {:.3}, TTFT {:.1} ms, TPOT {:.2} ms, E2E {:.0} ms, out {:.1} tok/s",
+        "{}: {}/{} ok, QPS {}, TTFT {} ms, TPOT {} ms, E2E {} ms, out {} tok/s",
         c.id,
         s.succeeded,
         s.requests,
-        s.qps,
-        s.ttft_ms.mean,
-        s.tpot_ms.mean,
-        s.e2e_ms.mean,
-        s.output_tokens_per_s
+        n(s.qps, 3),
+        n(Dist::mean_of(&s.ttft_ms), 1),
+        n(Dist::mean_of(&s.tpot_ms), 2),
+        n(Dist::mean_of(&s.e2e_ms), 0),
+        n(s.output_tokens_per_s, 1)
     );
     if let Some(rate) = c.server_metrics.prefix_cache_hit_rate {
         line.push_str(&format!(", prefix hits {:.1}%", rate * 100.0));
     }
-    if s.output_tokens.mismatched + s.output_tokens.unknown > 0 {
-        line.push_str(&format!(
-            "  [output length: {} mismatched, {} unknown]",
-            s.output_tokens.mismatched, s.output_tokens.unknown
-        ));
+    for (what, check) in [("input", &s.input_tokens), ("output", &s.output_tokens)] {
+        if check.mismatched + check.unknown > 0 {
+            line.push_str(&format!(
+                "  [{what} length: {} mismatched, {} unknown]",
+                check.mismatched, check.unknown
+            ));
+        }
     }
     if s.client.saturated {
         line.push_str("  [client saturated]");

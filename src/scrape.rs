@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Every field has a natural "nothing recorded" value, so a field missing from an older result reads as
+/// that value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServerMetrics {
     /// Δhits / Δqueries over the load point (0..1); `None` when the server exposes no usable counters.
     pub prefix_cache_hit_rate: Option<f64>,

@@ -16,6 +16,11 @@
 //!
 //! Every file is written to a temporary file in the same directory and renamed into place, so a crash
 //! leaves either the old file or the new one, never half of one.
+//!
+//! The store survives its own history: every record carries a [`Schema`] version, fields added after the
+//! first version have serde defaults, and what an older version wrote differently is translated on
+//! reading (see [`parse_cell`]). One unreadable `result.json` does not hide the others: [`Store::read_cells`]
+//! returns it beside the readable ones, and the report names it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -112,9 +117,39 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     write_atomic(path, &bytes)
 }
 
-/// One finished cell as stored in `result.json`. CONTRACT: the report reads exactly this.
+/// The version of a stored record's shape. Records written before versioning have no `schema` field and
+/// read as version 1; [`Schema::default`] is the version this build writes.
+///
+/// - 1: summaries stored 0 for figures that could not be computed (see
+///   [`crate::stats::Summary::read_zero_as_unmeasured`]); server statuses were free strings.
+/// - 2: unmeasured figures are `null`; statuses are [`ServerStatus`]; every record has `schema`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Schema(pub u32);
+
+impl Schema {
+    /// The version this build writes.
+    pub const CURRENT: Schema = Schema(2);
+    /// What a record without a `schema` field is.
+    pub const UNVERSIONED: Schema = Schema(1);
+
+    fn unversioned() -> Schema {
+        Schema::UNVERSIONED
+    }
+}
+
+impl Default for Schema {
+    fn default() -> Self {
+        Schema::CURRENT
+    }
+}
+
+/// One finished cell as stored in `result.json`. CONTRACT: the report reads exactly this (through
+/// [`parse_cell`], which translates older versions).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CellResult {
+    #[serde(default = "Schema::unversioned")]
+    pub schema: Schema,
     pub id: String,
     /// Settings hash of the cell (resume compares it with the plan's).
     pub hash: String,
@@ -128,30 +163,64 @@ pub struct CellResult {
     /// The resolved load settings (as JSON, so old results stay readable when settings gain fields).
     pub load: serde_json::Value,
     pub summary: crate::stats::Summary,
+    #[serde(default)]
     pub server_metrics: crate::scrape::ServerMetrics,
     /// The server command line as run (secrets redacted), and the engine's version output.
+    #[serde(default)]
     pub command: String,
+    #[serde(default)]
     pub engine_version: Option<String>,
     /// Local time with offset, RFC 3339.
     pub started_at: String,
     pub finished_at: String,
 }
 
+/// Reads a `result.json`, translating what an older schema meant into today's types.
+pub fn parse_cell(text: &str) -> serde_json::Result<CellResult> {
+    let mut cell: CellResult = serde_json::from_str(text)?;
+    // Version 2 is the one that stopped writing 0 for unmeasured figures.
+    if cell.schema < Schema(2) {
+        cell.summary = cell.summary.read_zero_as_unmeasured();
+    }
+    Ok(cell)
+}
+
 /// Why a cell (or its whole server) failed, stored in `failure.json`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CellFailure {
+    #[serde(default = "Schema::unversioned")]
+    pub schema: Schema,
     pub id: String,
     pub hash: String,
     pub server_id: String,
     pub reason: String,
     /// Last lines of the server log, if a server was involved.
+    #[serde(default)]
     pub log_tail: Vec<String>,
     pub at: String,
+}
+
+/// How a server configuration's life ended, in `server.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerStatus {
+    /// The record's state until an outcome is known; stored, it means the runner stopped before it
+    /// could record one (killed hard).
+    #[default]
+    Started,
+    /// Started, ready, its load points run (some cells may still have failed on their own).
+    Ok,
+    /// It did not become ready, or it died under load: its pending cells failed with its reason.
+    Failed,
+    /// The run was interrupted (Ctrl-C, SIGTERM) while this server was up.
+    Interrupted,
 }
 
 /// One server configuration's lifecycle, stored in `servers/<id>/server.json`.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ServerRecord {
+    #[serde(default = "Schema::unversioned")]
+    pub schema: Schema,
     pub id: String,
     pub hash: String,
     pub engine: String,
@@ -174,8 +243,9 @@ pub struct ServerRecord {
     #[serde(default)]
     pub gpu_wait_s: Option<f64>,
     pub started_at: String,
-    pub status: String,
+    pub status: ServerStatus,
     pub reason: Option<String>,
+    #[serde(default)]
     pub log_tail: Vec<String>,
 }
 
@@ -239,34 +309,58 @@ impl Store {
         self.root.join("runner.pid")
     }
 
-    /// Every stored cell result, in directory order (the report sorts as it needs).
-    pub fn read_cells(&self) -> std::io::Result<Vec<CellResult>> {
-        let mut out = Vec::new();
+    /// Every stored cell result, in directory order (the report sorts as it needs). A `result.json`
+    /// that cannot be read or parsed is listed in [`StoredCells::unreadable`] instead of failing the
+    /// whole read: one damaged or foreign file must not hide every other result. Only a directory that
+    /// cannot be listed is an error.
+    pub fn read_cells(&self) -> std::io::Result<StoredCells> {
+        let mut out = StoredCells::default();
         let root = self.root.join("cells");
         if !root.is_dir() {
             return Ok(out);
         }
         let mut stack = vec![root];
         while let Some(dir) = stack.pop() {
-            let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                .and_then(|entries| entries.collect::<Result<_, _>>())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
             entries.sort_by_key(|e| e.file_name());
             for entry in entries {
                 let path = entry.path();
                 if path.is_dir() {
                     stack.push(path);
                 } else if path.file_name().is_some_and(|n| n == RESULT_FILE) {
-                    let text = std::fs::read_to_string(&path)?;
-                    let cell: CellResult = serde_json::from_str(&text).map_err(|e| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("{}: {e}", path.display()),
-                        )
-                    })?;
-                    out.push(cell);
+                    let parsed = std::fs::read_to_string(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|text| parse_cell(&text).map_err(|e| e.to_string()));
+                    match parsed {
+                        Ok(cell) => out.cells.push(cell),
+                        Err(error) => out.unreadable.push(Unreadable { path, error }),
+                    }
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// What [`Store::read_cells`] found.
+#[derive(Debug, Default)]
+pub struct StoredCells {
+    pub cells: Vec<CellResult>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A stored file that could not be read, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.error)
     }
 }
 

@@ -13,12 +13,13 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report")
 }
 
+/// The seed documents' result tables, kept in the repository as fixture data (`fixtures/report/seed/`:
+/// copied from the seed campaign's summary and Qwen 3 14B record, numeric columns only), so that a clean
+/// clone runs the golden comparison with nothing outside it.
 fn seed_doc(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/seeds")
-        .join(name);
+    let path = fixture_dir().join("seed").join(name);
     std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("the seed {} must be readable: {e}", path.display()))
+        .unwrap_or_else(|e| panic!("the seed tables {} must be readable: {e}", path.display()))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -46,17 +47,27 @@ struct Campaign {
 impl Campaign {
     /// `extra` is appended to the fixture experiment file (e.g. a `[report]` table).
     fn new(extra: &str) -> Campaign {
+        let text = std::fs::read_to_string(fixture_dir().join("seed.toml")).unwrap();
+        Campaign::of(
+            &format!("{text}\n{extra}"),
+            "results/seed",
+            &fixture_dir().join("results"),
+        )
+    }
+
+    /// The experiment `text`, whose `results_dir` is `results_dir`, over a copy of the stored `results`.
+    fn of(text: &str, results_dir: &str, results: &Path) -> Campaign {
         let tmp = tempfile::tempdir().unwrap();
-        let results = tmp.path().join("results");
-        copy_dir(&fixture_dir().join("results"), &results);
-        let text = std::fs::read_to_string(fixture_dir().join("seed.toml"))
-            .unwrap()
-            .replace(
-                "results_dir = \"results/seed\"",
-                &format!("results_dir = {:?}", results.display().to_string()),
-            );
-        let file = tmp.path().join("seed.toml");
-        std::fs::write(&file, format!("{text}\n{extra}")).unwrap();
+        let copy = tmp.path().join("results");
+        copy_dir(results, &copy);
+        let from = format!("results_dir = {results_dir:?}");
+        assert!(text.contains(&from), "the experiment sets {from}");
+        let text = text.replace(
+            &from,
+            &format!("results_dir = {:?}", copy.display().to_string()),
+        );
+        let file = tmp.path().join("experiment.toml");
+        std::fs::write(&file, text).unwrap();
         let exp = experiment::load(&file).unwrap_or_else(|d| panic!("{d}"));
         let plan = plan::expand(&exp).unwrap_or_else(|d| panic!("{d}"));
         let store = Store::new(&exp.results_dir);
@@ -211,7 +222,7 @@ fn assert_rows_equal(seed: &MdTable, ours: &MdTable) {
 fn golden_summary_rows_equal_the_seed_number_for_number() {
     let campaign = Campaign::new("");
     let ours = tables(&campaign.summary());
-    let seed = tables(&seed_doc("summary-report.zh.md"));
+    let seed = tables(&seed_doc("summary-tables.zh.md"));
     assert_eq!(seed.len(), 5, "the seed summary has five result tables");
     for seed_table in &seed {
         let number = seed_table.number();
@@ -246,7 +257,7 @@ fn golden_record_rows_equal_the_seed_record() {
         .expect("a record for qwen3-14b");
     let text = std::fs::read_to_string(record).unwrap();
     let ours = tables(&text);
-    let seed = tables(&seed_doc("model-record-qwen3-14b.zh.md"));
+    let seed = tables(&seed_doc("record-qwen3-14b-tables.zh.md"));
     assert_eq!(seed.len(), 2);
     for (seed_table, ours_table) in seed.iter().zip(&ours) {
         assert!(ours_table.heading.starts_with(&seed_table.heading));
@@ -314,7 +325,7 @@ fn output_mismatch_failures_and_client_saturation_are_flagged() {
         s.failed = 2;
         s.errors.insert("http_500".into(), 2);
         s.client.saturated = true;
-        s.client.lag_ms_p99 = 85.0;
+        s.client.lag_ms_p99 = Some(85.0);
     });
     let md = campaign.summary();
     let ours = tables(&md);
@@ -346,6 +357,7 @@ fn cells_without_results_are_shown_as_failed_or_pending() {
     let failed = campaign.cell_dir("qwen3-14b/nvfp4/vllm/c200");
     std::fs::remove_file(failed.join("result.json")).unwrap();
     let failure = CellFailure {
+        schema: Default::default(),
         id: "qwen3-14b/nvfp4/vllm/c200".into(),
         hash: "x".into(),
         server_id: "qwen3-14b/nvfp4/vllm".into(),
@@ -517,7 +529,7 @@ fn summary_sections_and_environment_follow_the_seed() {
         assert!(md.contains(heading), "missing {heading}");
     }
     // The seed's GPU line, now from environment.json, and VM facts from the experiment file.
-    let seed = seed_doc("summary-report.zh.md");
+    let seed = seed_doc("summary-tables.zh.md");
     let gpu_line = "- GPU Driver：NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08";
     assert!(seed.contains(gpu_line) && md.contains(gpu_line));
     assert!(md.contains("**Standard_NC128ds_xl_RTXPRO6000BSE_v6**"));
@@ -793,4 +805,322 @@ fn a_campaign_without_results_lists_every_planned_cell_once() {
         std::fs::read_to_string(&files.csv).unwrap().lines().count(),
         1
     );
+}
+
+/// Results written before records carried a schema version (see `fixtures/report/schema1/README.md`).
+fn schema1_dir() -> PathBuf {
+    fixture_dir().join("schema1")
+}
+
+#[test]
+fn results_of_the_first_schema_still_load_and_render_their_numbers() {
+    let demo = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo.toml"),
+    )
+    .unwrap();
+    let campaign = Campaign::of(&demo, "results/demo", &schema1_dir().join("demo"));
+    let stored = campaign.store.read_cells().unwrap();
+    assert_eq!((stored.cells.len(), stored.unreadable.len()), (3, 0));
+    assert!(
+        stored
+            .cells
+            .iter()
+            .all(|c| c.schema == runner::store::Schema::UNVERSIONED)
+    );
+    // The server's status was a string then; it reads as the enum.
+    let server = &campaign.plan.servers[0];
+    let record = campaign.store.read_server(server).unwrap().unwrap();
+    assert_eq!(record.status, runner::store::ServerStatus::Ok);
+
+    let files = campaign.render();
+    assert!(files.unreadable.is_empty(), "{:?}", files.unreadable);
+    assert_eq!(files.missing, 9, "the other three servers were not kept");
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    let ours = tables(&md);
+    let t = ours.iter().find(|t| t.number() == "3.1").unwrap();
+    // Exactly what the report of that run printed (QPS … 输出吞吐), every figure measured.
+    for (c, want) in [
+        (
+            "1",
+            "2.640 31271.244 181.688 31.983 378.731 5.504 1000 64 0.00% ✓ 3/3 168.969",
+        ),
+        (
+            "4",
+            "7.225 13747.287 137.248 93.988 553.011 7.286 1000 64 0.00% ✓ 12/12 462.388",
+        ),
+        (
+            "16",
+            "12.906 4567.886 66.041 283.182 1237.132 15.142 1000 64 0.00% ✓ 48/48 825.953",
+        ),
+    ] {
+        let row = t.row(c).unwrap();
+        assert_eq!(row[1..12].join(" "), want, "c={c}");
+    }
+    let csv = std::fs::read_to_string(&files.csv).unwrap();
+    assert!(
+        csv.contains(
+            ",2.6401432013672417,31271.24412988388,181.68796773836937,31.983000000000025,"
+        ),
+        "full-precision figures unchanged:\n{csv}"
+    );
+}
+
+/// The named columns of `cells.csv`, one map per row.
+fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    reader
+        .records()
+        .map(|r| {
+            header
+                .iter()
+                .cloned()
+                .zip(r.unwrap().iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+/// Figures that need the server's token counts: unmeasured against a server that sends no `usage`.
+const NEEDS_USAGE_COLUMNS: &[&str] = &[
+    "Prompt TPS (token/s)",
+    "Decode TPS (token/s)",
+    "TPOT (ms)",
+    "输出吞吐 (token/s)",
+];
+const NEEDS_USAGE_CSV: &[&str] = &[
+    "prompt_tps",
+    "decode_tps",
+    "tpot_mean_ms",
+    "tpot_median_ms",
+    "tpot_p99_ms",
+    "output_tokens_per_s",
+    "total_tokens_per_s",
+    "input_tokens_mean",
+    "output_tokens_mean",
+];
+
+/// The result table rows of a report about a server without `usage`: the figures that need its counts
+/// are `—`, the input and output counts are flagged as unknown, and the latencies are real numbers.
+fn assert_no_usage_rows(md: &str, concurrencies: &[&str]) {
+    let ours = tables(md);
+    let t = ours
+        .iter()
+        .find(|t| t.column("备注").is_some())
+        .expect("a result table");
+    for c in concurrencies {
+        let row = t.row(c).unwrap_or_else(|| panic!("no row for c={c}"));
+        let cell = |name: &str| row[t.column(name).unwrap()].clone();
+        for name in NEEDS_USAGE_COLUMNS {
+            assert_eq!(cell(name), "—", "c={c} {name}");
+        }
+        assert_eq!(cell("实际 Input tokens"), "— ⚠", "c={c}");
+        assert_eq!(cell("实际 Output tokens"), "—", "c={c}");
+        assert!(cell("输出长度核对").ends_with(" ⚠"), "c={c}");
+        for name in ["QPS", "TTFT (ms)", "E2E (ms)"] {
+            let value: f64 = cell(name).parse().unwrap();
+            assert!(value > 0.0, "c={c} {name} is measured");
+        }
+    }
+    assert!(
+        !md.contains("| 0.000 |"),
+        "no 0.000 anywhere in a table:\n{md}"
+    );
+    assert!(
+        md.contains("输入长度未知："),
+        "unknown input counts are warned about"
+    );
+    assert!(md.contains("输出长度未知："));
+}
+
+fn assert_no_usage_csv(path: &Path, rows: usize) {
+    let rows_read = csv_rows(path);
+    assert_eq!(rows_read.len(), rows);
+    for row in rows_read {
+        for name in NEEDS_USAGE_CSV {
+            assert_eq!(row[*name], "", "{name} must be empty, not 0: {row:?}");
+        }
+        assert_eq!(row["input_tokens_unknown"], row["succeeded"]);
+        assert_eq!(row["output_tokens_unknown"], row["succeeded"]);
+        assert!(row["ttft_mean_ms"].parse::<f64>().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn a_zero_filled_result_of_the_first_schema_reads_as_unmeasured() {
+    let dir = schema1_dir().join("no-usage");
+    let text = std::fs::read_to_string(dir.join("no-usage.toml")).unwrap();
+    let campaign = Campaign::of(&text, "results/no-usage", &dir.join("results"));
+    let cells = campaign.store.read_cells().unwrap().cells;
+    assert_eq!(cells.len(), 2);
+    for cell in &cells {
+        let s = &cell.summary;
+        assert_eq!(
+            (s.tpot_ms.as_ref(), s.decode_tps),
+            (None, None),
+            "{}",
+            cell.id
+        );
+        assert_eq!(s.output_tokens_per_s, None);
+        // That runner computed these from the prompt lengths it sent, not from the server's counts.
+        assert_eq!((s.prompt_tps, s.total_tokens_per_s), (None, None));
+        assert!(s.qps.is_some() && s.ttft_ms.is_some() && s.e2e_ms.is_some());
+    }
+    let files = campaign.render();
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    assert_no_usage_rows(&md, &["1", "4"]);
+    assert_no_usage_csv(&files.csv, 2);
+    let c4 = tables(&md)
+        .into_iter()
+        .find(|t| t.column("备注").is_some())
+        .unwrap();
+    assert_eq!(
+        c4.row("4").unwrap()[1],
+        "58.524",
+        "QPS as that run measured it"
+    );
+}
+
+#[test]
+fn an_unreadable_record_is_skipped_and_named_and_the_rest_renders() {
+    let campaign = Campaign::new("");
+    let broken = campaign
+        .cell_dir("qwen3-14b/fp8/vllm/c10")
+        .join("result.json");
+    std::fs::write(&broken, "{ \"id\": \"half a file").unwrap();
+    // A server record from some other tool's idea of a status.
+    let server = campaign.store.root.join("servers/qwen3-32b/fp8/vllm");
+    std::fs::create_dir_all(&server).unwrap();
+    std::fs::write(
+        server.join("server.json"),
+        r#"{"id":"qwen3-32b/fp8/vllm","hash":"x","engine":"vllm","command":"","env":[],"base_url":"","port":null,"engine_version":null,"time_to_ready_s":null,"teardown_s":null,"teardown_escalated":null,"started_at":"","status":"exploded","reason":null,"log_tail":[]}"#,
+    )
+    .unwrap();
+
+    let files = campaign.render();
+    assert_eq!(files.unreadable.len(), 2, "{:?}", files.unreadable);
+    assert!(
+        files
+            .unreadable
+            .iter()
+            .any(|u| u.contains(&broken.display().to_string()))
+    );
+    assert!(files.unreadable.iter().any(|u| u.contains("server.json")));
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    assert!(
+        md.contains(&format!("`{}:", broken.display())),
+        "the summary names the file"
+    );
+    let ours = tables(&md);
+    let t = ours.iter().find(|t| t.number() == "3.1").unwrap();
+    let row = t.row("10").unwrap();
+    assert_eq!(row[t.column("QPS").unwrap()], "无法读取");
+    assert!(row[t.column("备注").unwrap()].starts_with("结果文件无法读取"));
+    // Everything else is there, numbers and all.
+    assert_eq!(t.row("40").unwrap()[t.column("QPS").unwrap()], "1.625");
+    assert_eq!(csv_rows(&files.csv).len(), 11);
+    assert!(md.contains("完成 11/12 个测试点，1 个结果文件无法读取"));
+
+    // `runner report` says so on stderr and still succeeds.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("report")
+        .arg(&campaign.file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: skipped an unreadable record")
+            && stderr.contains(&broken.display().to_string()),
+        "{stderr}"
+    );
+}
+
+/// End to end against a server that never sends `usage`: no figure that needs its token counts is shown
+/// as measured anywhere a person or a script looks (report, CSV, chart, terminal, `result.json`).
+#[test]
+fn against_a_server_without_usage_no_unmeasured_figure_looks_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("no-usage.toml");
+    std::fs::write(
+        &file,
+        r#"
+title = "no usage"
+results_dir = "results/no-usage"
+[engines.sim]
+preset = "sim"
+command = "{{ runner }} sim --port {{ port }} --startup-delay 0 --seed 3 --no-usage"
+[models.tiny]
+input_tokens = 64
+output_tokens = 8
+[models.tiny.precisions]
+fp8 = { path = "sim/tiny-fp8" }
+[matrix]
+model = ["tiny"]
+precision = ["fp8"]
+engine = ["sim"]
+concurrency = [1, 4]
+[load]
+requests = "2 * concurrency"
+warmup = 1
+timeout = "30s"
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg(&file)
+        .current_dir(tmp.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results = tmp.path().join("results/no-usage");
+
+    // Terminal: a dash, and the unknown counts said out loud.
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(" ok, QPS ")).collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    for line in lines {
+        assert!(
+            line.contains("TPOT — ms") && line.contains("out — tok/s"),
+            "{line}"
+        );
+        assert!(
+            line.contains("[input length: 0 mismatched,")
+                && line.contains("[output length: 0 mismatched,")
+        );
+    }
+
+    // result.json: null, not 0, in today's schema.
+    for c in ["c1", "c4"] {
+        let path = results
+            .join("cells/tiny/fp8/sim")
+            .join(c)
+            .join("result.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["schema"], 2);
+        let s = &v["summary"];
+        for key in [
+            "tpot_ms",
+            "decode_tps",
+            "prompt_tps",
+            "output_tokens_per_s",
+            "total_tokens_per_s",
+        ] {
+            assert_eq!(s[key], serde_json::Value::Null, "{c} {key}: {s}");
+        }
+        assert!(s["ttft_ms"]["count"].as_u64().is_some_and(|n| n > 0));
+    }
+
+    // Report and CSV.
+    let md = std::fs::read_to_string(results.join("report/summary.zh.md")).unwrap();
+    assert_no_usage_rows(&md, &["1", "4"]);
+    assert_no_usage_csv(&results.join("cells.csv"), 2);
+
+    // Chart: TTFT's two points, none for throughput or TPOT (not even at 0).
+    let svg = std::fs::read_to_string(results.join("report/charts/tiny-fp8.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
+    assert!(svg.contains("TPOT mean (ms): not measured"));
+    assert!(svg.contains("Output throughput (tok/s): not measured"));
 }

@@ -236,6 +236,8 @@ fn row(
     warmup: u64,
 ) -> Row {
     let s = &out.summary;
+    // A statistic without samples is NaN here: it prints as `NaN` in the table, never as a measured 0.
+    let stat = |d: &Option<Dist>, f: fn(&Dist) -> f64| d.as_ref().map_or(f64::NAN, f);
     let ttft_err = Dist::of(s_values(out, |r| r.ttft_ms).map(|t| t - args.ttft_ms));
     let tpot_err = Dist::of(s_values(out, |r| r.tpot_ms()).map(|t| t - args.itl_ms));
     // Warm-up requests reach the engine first (the measured phase starts after they all end).
@@ -252,7 +254,8 @@ fn row(
     let base = crate::sim::timing::MonoClock::now().ns(out.t0) as f64 / 1e6;
     let ok: Vec<&super::RequestRecord> =
         out.records.iter().filter(|r| !r.warmup && r.ok()).collect();
-    let mean = |v: &mut dyn Iterator<Item = f64>| Dist::of(v.collect::<Vec<_>>()).mean;
+    let mean =
+        |v: &mut dyn Iterator<Item = f64>| stat(&Dist::of(v.collect::<Vec<_>>()), |d| d.mean);
     let arrival = |t: &TimingRecord| t.arrival_mono_ns as f64 / 1e6;
     let send_to_engine_mean = mean(&mut measured.iter().map(|t| arrival(t)))
         - mean(&mut ok.iter().map(|r| base + r.sent_ms));
@@ -279,21 +282,21 @@ fn row(
         concurrency,
         requests: s.requests,
         succeeded: s.succeeded,
-        ttft_err_mean: ttft_err.mean,
-        ttft_err_p99: ttft_err.p99,
-        tpot_err_mean: tpot_err.mean,
-        tpot_err_p99: tpot_err.p99,
-        engine_late_mean: engine_late.mean,
-        engine_late_p99: engine_late.p99,
+        ttft_err_mean: stat(&ttft_err, |d| d.mean),
+        ttft_err_p99: stat(&ttft_err, |d| d.p99),
+        tpot_err_mean: stat(&tpot_err, |d| d.mean),
+        tpot_err_p99: stat(&tpot_err, |d| d.p99),
+        engine_late_mean: stat(&engine_late, |d| d.mean),
+        engine_late_p99: stat(&engine_late, |d| d.p99),
         send_to_engine_mean,
         first_chunk_delivery_mean,
         chunk_delivery_mean,
-        lag_p99: s.client.lag_ms_p99,
+        lag_p99: s.client.lag_ms_p99.unwrap_or(f64::NAN),
         peak_inflight: s.client.peak_inflight,
         cpu_ms_per_1k_tokens: if tokens > 0 {
             s.client.cpu_s * 1000.0 / (tokens as f64 / 1000.0)
         } else {
-            0.0
+            f64::NAN
         },
         saturated: s.client.saturated,
     }

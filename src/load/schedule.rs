@@ -154,12 +154,13 @@ pub async fn drive(
     records.sort_by_key(|r| r.index);
 
     let lag = Dist::of(lags);
+    let lag_p99 = lag.as_ref().map(|d| d.p99);
     let check = ClientCheck {
-        lag_ms_p50: lag.p50,
-        lag_ms_p99: lag.p99,
-        lag_ms_max: lag.max,
+        lag_ms_p50: lag.as_ref().map(|d| d.p50),
+        lag_ms_p99: lag_p99,
+        lag_ms_max: lag.as_ref().map(|d| d.max),
         peak_inflight: shared.peak.load(Ordering::Relaxed),
-        saturated: lag.p99 > SATURATION_P99_MS,
+        saturated: lag_p99.is_some_and(|p99| p99 > SATURATION_P99_MS),
         cpu_s,
     };
     (records, check)

@@ -3,8 +3,10 @@
 //! Invariant: the columns are stable. [`CORE_COLUMNS`] come first, always, in this order (a new column is
 //! only ever appended to it); then one `var.NAME` column per extra matrix variable found in the results,
 //! sorted by name. Numbers are written with full precision (the report rounds, the CSV does not); a value
-//! that does not exist is an empty field.
+//! that does not exist or was not measured (`None`) is an empty field, never 0. `total_tokens_per_s`
+//! counts input and output tokens as the server reported them.
 
+use crate::stats::Dist;
 use crate::store::CellResult;
 
 /// The fixed leading columns. Times are milliseconds, throughputs per second, rates 0..1.
@@ -53,6 +55,7 @@ pub const CORE_COLUMNS: &[&str] = &[
     "started_at",
     "finished_at",
     "hash",
+    "input_tokens_unknown",
 ];
 
 /// Variables that already have a core column.
@@ -99,6 +102,16 @@ fn opt<T: ToString>(x: Option<T>) -> String {
     x.map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// A measured number, or an empty field.
+fn opt_num(x: Option<f64>) -> String {
+    x.map(num).unwrap_or_default()
+}
+
+/// One statistic of a distribution that may not exist.
+fn stat(d: &Option<Dist>, f: fn(&Dist) -> f64) -> String {
+    opt_num(d.as_ref().map(f))
+}
+
 fn core_fields(c: &CellResult) -> Vec<String> {
     let s = &c.summary;
     let concurrency = c
@@ -122,36 +135,33 @@ fn core_fields(c: &CellResult) -> Vec<String> {
         s.succeeded.to_string(),
         s.failed.to_string(),
         num(s.duration_s),
-        num(s.qps),
-        num(s.prompt_tps),
-        num(s.decode_tps),
-        num(s.ttft_ms.mean),
-        num(s.ttft_ms.median),
-        num(s.ttft_ms.p99),
-        num(s.tpot_ms.mean),
-        num(s.tpot_ms.median),
-        num(s.tpot_ms.p99),
-        num(s.itl_ms.mean),
-        num(s.itl_ms.p99),
-        num(s.e2e_ms.mean),
-        num(s.e2e_ms.median),
-        num(s.e2e_ms.p99),
-        num(s.queue_ms.mean),
-        num(s.output_tokens_per_s),
-        num(s.total_tokens_per_s),
-        opt(s.goodput_rps.filter(|g| g.is_finite())),
+        opt_num(s.qps),
+        opt_num(s.prompt_tps),
+        opt_num(s.decode_tps),
+        stat(&s.ttft_ms, |d| d.mean),
+        stat(&s.ttft_ms, |d| d.median),
+        stat(&s.ttft_ms, |d| d.p99),
+        stat(&s.tpot_ms, |d| d.mean),
+        stat(&s.tpot_ms, |d| d.median),
+        stat(&s.tpot_ms, |d| d.p99),
+        stat(&s.itl_ms, |d| d.mean),
+        stat(&s.itl_ms, |d| d.p99),
+        stat(&s.e2e_ms, |d| d.mean),
+        stat(&s.e2e_ms, |d| d.median),
+        stat(&s.e2e_ms, |d| d.p99),
+        stat(&s.queue_ms, |d| d.mean),
+        opt_num(s.output_tokens_per_s),
+        opt_num(s.total_tokens_per_s),
+        opt_num(s.goodput_rps),
         s.input_tokens.expected.to_string(),
-        opt(s.input_tokens.mean.filter(|m| m.is_finite())),
+        opt_num(s.input_tokens.mean),
         s.input_tokens.mismatched.to_string(),
         s.output_tokens.expected.to_string(),
-        opt(s.output_tokens.mean.filter(|m| m.is_finite())),
+        opt_num(s.output_tokens.mean),
         s.output_tokens.mismatched.to_string(),
         s.output_tokens.unknown.to_string(),
-        opt(c
-            .server_metrics
-            .prefix_cache_hit_rate
-            .filter(|r| r.is_finite())),
-        num(s.client.lag_ms_p99),
+        opt_num(c.server_metrics.prefix_cache_hit_rate),
+        opt_num(s.client.lag_ms_p99),
         s.client.peak_inflight.to_string(),
         s.client.saturated.to_string(),
         opt(c.engine_version.as_deref().map(str::trim)),
@@ -159,6 +169,7 @@ fn core_fields(c: &CellResult) -> Vec<String> {
         c.started_at.clone(),
         c.finished_at.clone(),
         c.hash.clone(),
+        s.input_tokens.unknown.to_string(),
     ];
     debug_assert_eq!(fields.len(), CORE_COLUMNS.len());
     fields

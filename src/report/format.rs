@@ -2,7 +2,8 @@
 //!
 //! The seed report prints three decimals (`0.054`, `197352.079`) and hit rates as `49.92%`; the golden
 //! test compares our rows with the seed's character for character, so these functions are its contract.
-//! A value that is not a finite number prints as `—`, never as `NaN` or `inf`.
+//! A value that is not a finite number prints as `—`, never as `NaN` or `inf`; so does a value that was
+//! not measured (`None`), never as `0.000`.
 
 use crate::stats::TokenCheck;
 
@@ -22,6 +23,11 @@ pub fn fixed3(x: f64) -> String {
         Some((_, frac)) if frac.len() > 3 => round_decimal_str(&shortest, 3),
         _ => format!("{x:.3}"),
     }
+}
+
+/// [`fixed3`] of a figure that may not have been measured: `None` prints as `—`, never as `0.000`.
+pub fn opt3(x: Option<f64>) -> String {
+    x.map_or_else(|| NONE.to_string(), fixed3)
 }
 
 /// Rounds a plain decimal string (`-12.34567`) to `places` decimals, half away from zero.
@@ -178,6 +184,8 @@ mod tests {
             assert_eq!(fixed3(x), want, "{x}");
         }
         assert_eq!(fixed3(f64::NAN), "—");
+        assert_eq!(opt3(None), "—");
+        assert_eq!(opt3(Some(0.0)), "0.000", "a measured 0 is a number");
     }
 
     #[test]

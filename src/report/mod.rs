@@ -9,6 +9,9 @@
 //! - Everything is rendered in memory first and only then written, each file atomically: a template
 //!   error leaves the previous report untouched rather than half-replaced.
 //! - A template error names the template file, the line and the variable (or the syntax problem).
+//! - A stored record that cannot be read (damaged, or written by a newer runner) is skipped: the report
+//!   renders everything else, names the file in the summary and in [`ReportFiles::unreadable`] for the
+//!   caller to print. Only an unreadable results directory fails the report.
 
 pub mod charts;
 pub mod csv;
@@ -39,8 +42,10 @@ pub struct ReportFiles {
     pub csv: PathBuf,
     /// Number of warnings placed next to numbers.
     pub warnings: usize,
-    /// Cells of the plan without a result (failed or not yet run).
+    /// Cells of the plan without a result (failed, not yet run, or its result unreadable).
     pub missing: usize,
+    /// Stored files that could not be read and were skipped (`path: error`).
+    pub unreadable: Vec<String>,
 }
 
 /// Renders the whole report from the store into `<results>/report/` and `<results>/cells.csv`.
@@ -75,7 +80,8 @@ pub fn render_all(exp: &Experiment, plan: &Plan, store: &Store) -> anyhow::Resul
         charts: Vec::new(),
         csv: store.root.join("cells.csv"),
         warnings: report.warnings.len(),
-        missing: report.counts.failed + report.counts.pending,
+        missing: report.counts.failed + report.counts.pending + report.counts.unreadable,
+        unreadable: report.unreadable.clone(),
     };
     for (rel, text) in records {
         let path = dir.join(rel);
@@ -91,39 +97,50 @@ pub fn render_all(exp: &Experiment, plan: &Plan, store: &Store) -> anyhow::Resul
     Ok(files)
 }
 
+/// Everything the report reads from the store. Unreadable records are collected, not fatal (see the
+/// module's invariants).
 fn read_store(plan: &Plan, store: &Store) -> anyhow::Result<view::Stored> {
-    let results = store
+    let stored = store
         .read_cells()
-        .with_context(|| format!("reading cell results under {}", store.root.display()))?
-        .into_iter()
-        .map(|c| (c.id.clone(), c))
-        .collect();
+        .with_context(|| format!("reading cell results under {}", store.root.display()))?;
+    let mut unreadable: Vec<String> = stored.unreadable.iter().map(|u| u.to_string()).collect();
+    let mut unreadable_cells = HashMap::new();
     let mut failures = HashMap::new();
     let mut servers = HashMap::new();
     for server in &plan.servers {
-        if let Some(record) = store
-            .read_server(server)
-            .with_context(|| format!("reading the record of server {}", server.id))?
-        {
+        if let Some(record) = readable(store.read_server(server), &mut unreadable) {
             servers.insert(server.id.clone(), record);
         }
         for cell in &server.points {
-            if let Some(f) = store
-                .read_failure(cell)
-                .with_context(|| format!("reading the failure of cell {}", cell.id))?
-            {
+            if let Some(f) = readable(store.read_failure(cell), &mut unreadable) {
                 failures.insert(cell.id.clone(), f);
+            }
+            let result = store.cell_dir(cell).join(store::RESULT_FILE);
+            if let Some(u) = stored.unreadable.iter().find(|u| u.path == result) {
+                unreadable_cells.insert(cell.id.clone(), u.error.clone());
             }
         }
     }
-    let environment = store
-        .read_environment()
-        .context("reading environment.json")?;
+    let environment = readable(store.read_environment(), &mut unreadable);
     Ok(view::Stored {
-        results,
+        results: stored
+            .cells
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect(),
         failures,
         servers,
         environment,
+        unreadable_cells,
+        unreadable,
+    })
+}
+
+/// The record if it could be read; otherwise its problem (the error names the file) is noted.
+fn readable<T>(read: std::io::Result<Option<T>>, unreadable: &mut Vec<String>) -> Option<T> {
+    read.unwrap_or_else(|e| {
+        unreadable.push(e.to_string());
+        None
     })
 }
 

@@ -4,7 +4,8 @@
 //! Invariants: every cell of the plan appears in exactly one table row, measured or not (a missing result
 //! is a 未完成/失败 row, never a silently shorter table); every warning attached to a number also appears
 //! in the table's warning list with the cell it belongs to; numbers are formatted here, never in the
-//! templates, so a custom template cannot print them differently by accident.
+//! templates, so a custom template cannot print them differently by accident; a figure that was not
+//! measured prints as `—` and has no chart point, never 0.
 
 use std::collections::HashMap;
 
@@ -16,7 +17,8 @@ use crate::envinfo::Environment;
 use crate::experiment::load::PromptMode;
 use crate::experiment::{AXES, Experiment};
 use crate::plan::{CellPlan, Plan, ServerPlan};
-use crate::store::{CellFailure, CellResult, ServerRecord};
+use crate::stats::{Dist, TokenCheck};
+use crate::store::{CellFailure, CellResult, ServerRecord, ServerStatus};
 
 /// The warning marker placed right after a suspect number.
 pub const MARK: &str = " ⚠";
@@ -28,6 +30,10 @@ pub struct Stored {
     pub failures: HashMap<String, CellFailure>,
     pub servers: HashMap<String, ServerRecord>,
     pub environment: Option<Environment>,
+    /// Cells of the plan whose `result.json` exists but could not be read: cell id → the problem.
+    pub unreadable_cells: HashMap<String, String>,
+    /// Every stored file that could not be read (`path: error`), skipped with a warning.
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +45,8 @@ pub enum RowStatus {
     Changed,
     Failed,
     Pending,
+    /// A result file is there but could not be read (it will be measured again by the next run).
+    Unreadable,
 }
 
 /// One table row: one cell of the plan.
@@ -160,6 +168,7 @@ pub struct Counts {
     pub changed: usize,
     pub failed: usize,
     pub pending: usize,
+    pub unreadable: usize,
 }
 
 /// One chart's data: per model and precision, one series per server configuration.
@@ -173,8 +182,9 @@ pub struct ChartData {
 #[derive(Debug, Clone)]
 pub struct Series {
     pub label: String,
-    /// (concurrency, output tokens/s, TTFT mean ms, TPOT mean ms), sorted by concurrency.
-    pub points: Vec<[f64; 4]>,
+    /// (concurrency, [output tokens/s, TTFT mean ms, TPOT mean ms]), sorted by concurrency; a metric
+    /// that was not measured is `None` and gets no point.
+    pub points: Vec<(f64, [Option<f64>; 3])>,
 }
 
 /// Everything the templates see, plus the chart data.
@@ -200,6 +210,8 @@ pub struct Report {
     pub threshold: String,
     /// Every warning, prefixed with its table's heading.
     pub warnings: Vec<String>,
+    /// Stored files that could not be read and were skipped (`path: error`).
+    pub unreadable: Vec<String>,
     #[serde(skip)]
     pub charts: Vec<ChartData>,
 }
@@ -267,23 +279,29 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
                     }
                     done_cells.push((server, cell, result));
                     let s = &result.summary;
-                    points.push([
+                    points.push((
                         f64::from(cell.load.concurrency),
-                        s.output_tokens_per_s,
-                        s.ttft_ms.mean,
-                        s.tpot_ms.mean,
-                    ]);
+                        [
+                            s.output_tokens_per_s,
+                            Dist::mean_of(&s.ttft_ms),
+                            Dist::mean_of(&s.tpot_ms),
+                        ],
+                    ));
                     measured_row(cell, result, changed, preset, threshold)
                 }
                 None => {
-                    let failure = stored.failures.get(&cell.id);
-                    let server_failed = record.filter(|r| r.status == "failed");
-                    if failure.is_some() || server_failed.is_some() {
-                        counts.failed += 1;
-                    } else {
-                        counts.pending += 1;
+                    let missing = Missing {
+                        unreadable: stored.unreadable_cells.get(&cell.id),
+                        failure: stored.failures.get(&cell.id),
+                        server_failed: record.filter(|r| r.status == ServerStatus::Failed),
+                    };
+                    let row = missing_row(server, cell, &missing);
+                    match row.status {
+                        RowStatus::Unreadable => counts.unreadable += 1,
+                        RowStatus::Failed => counts.failed += 1,
+                        _ => counts.pending += 1,
                     }
-                    missing_row(server, cell, failure, server_failed)
+                    row
                 }
             };
             rows.push(row);
@@ -319,7 +337,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
             title: format!("{} · {}", model.name, inline_label),
             series: Vec::new(),
         });
-        points.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
         if !points.is_empty() {
             let mut label = server.engine.clone();
             for p in &params {
@@ -427,6 +445,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         counts,
         threshold: format::percent(threshold),
         warnings,
+        unreadable: stored.unreadable.clone(),
         charts: charts
             .into_values()
             .filter(|c| !c.series.is_empty())
@@ -531,9 +550,9 @@ fn measured_row(
         warnings.push(warning);
     };
 
-    let mut qps = format::fixed3(s.qps);
-    let mut ttft = format::fixed3(s.ttft_ms.mean);
-    let mut tpot = format::fixed3(s.tpot_ms.mean);
+    let mut qps = format::opt3(s.qps);
+    let mut ttft = format::opt3(Dist::mean_of(&s.ttft_ms));
+    let mut tpot = format::opt3(Dist::mean_of(&s.tpot_ms));
     let mut input_tokens = format::tokens(&s.input_tokens);
     let mut hit_rate = match result.server_metrics.prefix_cache_hit_rate {
         Some(rate) => format::percent(rate),
@@ -555,29 +574,11 @@ fn measured_row(
             ),
         );
     }
-    let out = &s.output_tokens;
-    if out.mismatched > 0 || out.unknown > 0 {
-        let range = match (out.min, out.max) {
-            (Some(lo), Some(hi)) => format!("（实际 {lo}–{hi}）"),
-            _ => String::new(),
-        };
-        flag(
-            &mut output_check,
-            format!(
-                "输出长度不符：{} 个请求的输出不是 {} tokens{range}，{} 个请求未报告 usage",
-                out.mismatched, out.expected, out.unknown
-            ),
-        );
+    if let Some(warning) = token_warning("输出", &s.output_tokens) {
+        flag(&mut output_check, warning);
     }
-    let input = &s.input_tokens;
-    if input.mismatched > 0 {
-        flag(
-            &mut input_tokens,
-            format!(
-                "输入长度不符：{} 个请求的输入不是 {} tokens",
-                input.mismatched, input.expected
-            ),
-        );
+    if let Some(warning) = token_warning("输入", &s.input_tokens) {
+        flag(&mut input_tokens, warning);
     }
     if s.failed > 0 {
         let kinds = s
@@ -597,8 +598,8 @@ fn measured_row(
     if s.client.saturated {
         let text = format!(
             "客户端饱和（调度延迟 p99 {} ms，最大 {} ms）：TTFT/TPOT 可能被客户端拉高",
-            format::fixed3(s.client.lag_ms_p99),
-            format::fixed3(s.client.lag_ms_max)
+            format::opt3(s.client.lag_ms_p99),
+            format::opt3(s.client.lag_ms_max)
         );
         flag(&mut ttft, text);
         if !tpot.ends_with(MARK) {
@@ -646,19 +647,47 @@ fn measured_row(
         },
         concurrency: cell.load.concurrency.to_string(),
         qps,
-        prompt_tps: format::fixed3(s.prompt_tps),
-        decode_tps: format::fixed3(s.decode_tps),
+        prompt_tps: format::opt3(s.prompt_tps),
+        decode_tps: format::opt3(s.decode_tps),
         ttft,
-        e2e: format::fixed3(s.e2e_ms.mean),
+        e2e: format::opt3(Dist::mean_of(&s.e2e_ms)),
         tpot,
         input_tokens,
         output_tokens: format::tokens(&s.output_tokens),
         hit_rate,
         output_check,
-        output_tps: format::fixed3(s.output_tokens_per_s),
+        output_tps: format::opt3(s.output_tokens_per_s),
         remark: format::cell_text(&remark.join("；")),
         warnings,
     }
+}
+
+/// The warning for token counts the server did not report as asked (`side` is 输入 or 输出): counts
+/// that differ, and requests whose count is unknown (no `usage`); `None` when every count was exact.
+fn token_warning(side: &str, check: &TokenCheck) -> Option<String> {
+    let mut parts = Vec::new();
+    if check.mismatched > 0 {
+        let range = match (check.min, check.max) {
+            (Some(lo), Some(hi)) => format!("（实际 {lo}–{hi}）"),
+            _ => String::new(),
+        };
+        parts.push(format!(
+            "{} 个请求的{side}不是 {} tokens{range}",
+            check.mismatched, check.expected
+        ));
+    }
+    if check.unknown > 0 {
+        parts.push(format!("{} 个请求未报告 usage", check.unknown));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let what = if check.mismatched > 0 {
+        "长度不符"
+    } else {
+        "长度未知"
+    };
+    Some(format!("{side}{what}：{}", parts.join("，")))
 }
 
 /// `✓ 30/30` when every request produced exactly the requested length.
@@ -694,22 +723,38 @@ fn load_remarks(cell: &CellPlan, measured: Option<u64>) -> Vec<String> {
     out
 }
 
-fn missing_row(
-    server: &ServerPlan,
-    cell: &CellPlan,
-    failure: Option<&CellFailure>,
-    server_failed: Option<&ServerRecord>,
-) -> Row {
-    let (status, what) = match (failure, server_failed) {
-        (Some(f), _) => (RowStatus::Failed, format!("失败：{}", f.reason)),
-        (None, Some(r)) => (
+/// Why a planned cell has no result to show.
+struct Missing<'a> {
+    /// Its `result.json` exists but could not be read.
+    unreadable: Option<&'a String>,
+    failure: Option<&'a CellFailure>,
+    /// Its server's record says the server failed.
+    server_failed: Option<&'a ServerRecord>,
+}
+
+fn missing_row(server: &ServerPlan, cell: &CellPlan, missing: &Missing) -> Row {
+    let (status, what) = match missing {
+        Missing {
+            unreadable: Some(problem),
+            ..
+        } => (
+            RowStatus::Unreadable,
+            format!("结果文件无法读取，已跳过（下次运行会重测）：{problem}"),
+        ),
+        Missing {
+            failure: Some(f), ..
+        } => (RowStatus::Failed, format!("失败：{}", f.reason)),
+        Missing {
+            server_failed: Some(r),
+            ..
+        } => (
             RowStatus::Failed,
             format!(
                 "服务器失败：{}",
                 r.reason.as_deref().unwrap_or("未记录原因")
             ),
         ),
-        (None, None) => (RowStatus::Pending, "未完成".to_string()),
+        _ => (RowStatus::Pending, "未完成".to_string()),
     };
     let mut remark = vec![what.clone()];
     remark.extend(load_remarks(cell, None));
@@ -724,6 +769,7 @@ fn missing_row(
         concurrency: cell.load.concurrency.to_string(),
         qps: match status {
             RowStatus::Failed => "失败".to_string(),
+            RowStatus::Unreadable => "无法读取".to_string(),
             _ => "未完成".to_string(),
         },
         prompt_tps: none(),
@@ -738,7 +784,7 @@ fn missing_row(
         output_tps: none(),
         remark: format::cell_text(&remark.join("；")),
         warnings: match status {
-            RowStatus::Failed => vec![what],
+            RowStatus::Failed | RowStatus::Unreadable => vec![what],
             _ => Vec::new(),
         },
     }
@@ -797,7 +843,12 @@ fn ratio_tables(
                     .filter_map(|c| {
                         let ((d_cell, d), (n_cell, n)) =
                             (find(base_server, c)?, find(num_server, c)?);
-                        let r = |a: f64, b: f64| format::ratio(a / b);
+                        // A ratio needs both figures; one unmeasured side leaves it `—`.
+                        let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                            (Some(a), Some(b)) => format::ratio(a / b),
+                            _ => NONE.to_string(),
+                        };
+                        let mean = Dist::mean_of;
                         // A ratio is only fair under the same load; say so where it is not (the
                         // seed compared a run capped at 24 in flight with an uncapped one).
                         let settings = |cell: &CellPlan| load_remarks(cell, None).split_off(1);
@@ -820,9 +871,9 @@ fn ratio_tables(
                             qps: r(n.qps, d.qps),
                             decode_tps: r(n.decode_tps, d.decode_tps),
                             output_tps: r(n.output_tokens_per_s, d.output_tokens_per_s),
-                            ttft: r(n.ttft_ms.mean, d.ttft_ms.mean),
-                            e2e: r(n.e2e_ms.mean, d.e2e_ms.mean),
-                            tpot: r(n.tpot_ms.mean, d.tpot_ms.mean),
+                            ttft: r(mean(&n.ttft_ms), mean(&d.ttft_ms)),
+                            e2e: r(mean(&n.e2e_ms), mean(&d.e2e_ms)),
+                            tpot: r(mean(&n.tpot_ms), mean(&d.tpot_ms)),
                         })
                     })
                     .collect();

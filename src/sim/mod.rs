@@ -209,6 +209,9 @@ pub struct FaultArgs {
     /// Every output is N tokens shorter than it should be (at least one token), finishing with "stop".
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub emit_fewer: usize,
+    /// Never send a `usage` block (streamed or not), like servers that ignore `stream_options`.
+    #[arg(long)]
+    pub no_usage: bool,
 }
 
 const SIM_AFTER_HELP: &str = "\
@@ -270,6 +273,7 @@ pub struct Faults {
     /// Only [`main`] acts on it (signals are the process's business).
     pub ignore_sigterm: bool,
     pub emit_fewer: usize,
+    pub no_usage: bool,
 }
 
 /// Everything [`serve`] needs: plain data, validated by [`SimConfig::validate`].
@@ -436,6 +440,7 @@ impl TryFrom<&SimArgs> for SimConfig {
                 exit_at_start: a.faults.exit_at_start,
                 ignore_sigterm: a.faults.ignore_sigterm,
                 emit_fewer: a.faults.emit_fewer,
+                no_usage: a.faults.no_usage,
             },
         };
         config.validate().map_err(Failure::bad_input)?;

@@ -574,6 +574,7 @@ async fn generate(
         per_chunk: s.cfg.tokens_per_chunk,
         cut,
         include_usage: job.include_usage,
+        no_usage: faults.no_usage,
         stop: s.stop.clone(),
         rec: recorder,
         phase: if cut == Some(0) {
@@ -717,6 +718,8 @@ struct TokenStream {
     per_chunk: usize,
     cut: Option<usize>,
     include_usage: bool,
+    /// `--no-usage`: no usage block at all, whatever the request asked for.
+    no_usage: bool,
     stop: watch::Receiver<bool>,
     rec: Recorder,
     phase: Phase,
@@ -775,7 +778,7 @@ impl TokenStream {
                     last.then_some(self.plan.finish),
                 );
                 if last {
-                    if self.include_usage {
+                    if self.include_usage && !self.no_usage {
                         self.wire.usage(&mut out, self.prompt_len, n);
                     }
                     out.push_str("data: [DONE]\n\n");
@@ -800,7 +803,11 @@ impl TokenStream {
             self.rec.finish("shutdown");
             return Err(ApiError::unavailable("the server is shutting down"));
         };
-        let response = axum::Json(self.wire.whole(&self.plan, self.prompt_len)).into_response();
+        let mut whole = self.wire.whole(&self.plan, self.prompt_len);
+        if self.no_usage {
+            whole.as_object_mut().map(|o| o.remove("usage"));
+        }
+        let response = axum::Json(whole).into_response();
         self.rec.chunk(n, due, Instant::now());
         self.rec.finish("done");
         Ok(response)

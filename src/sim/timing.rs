@@ -62,16 +62,6 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<TimingRecord>> {
         .collect()
 }
 
-/// Percentile by linear interpolation between closest ranks (NumPy's default), over sorted values.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = q / 100.0 * (sorted.len() - 1) as f64;
-    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
-}
-
 /// Converts `Instant`s to the system's monotonic clock.
 #[derive(Debug, Clone, Copy)]
 pub struct MonoClock {
@@ -268,16 +258,6 @@ impl Drop for Recorder {
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn percentile_interpolates_like_numpy() {
-        let v = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(percentile(&v, 50.0), 2.5);
-        assert_eq!(percentile(&v, 0.0), 1.0);
-        assert_eq!(percentile(&v, 100.0), 4.0);
-        assert!((percentile(&v, 99.0) - 3.97).abs() < 1e-9);
-        assert!(percentile(&[], 50.0).is_nan());
-    }
 
     #[test]
     fn records_round_trip_through_the_file() {

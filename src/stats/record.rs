@@ -67,7 +67,8 @@ pub struct RequestRecord {
     pub ttft_ms: Option<f64>,
     /// Last content message − origin (not the usage message, not `[DONE]`).
     pub e2e_ms: Option<f64>,
-    /// Prompt length we sent, when it is known exactly (token-id prompts).
+    /// Prompt length we sent, when it is known exactly (token-id prompts). The client's own count: it
+    /// checks the server's, it never stands in for it.
     pub prompt_tokens_sent: Option<u32>,
     /// `usage.prompt_tokens` as the server reported it.
     pub prompt_tokens: Option<u32>,
@@ -113,10 +114,5 @@ impl RequestRecord {
     /// Gaps between consecutive content messages.
     pub fn itl_ms(&self) -> impl Iterator<Item = f64> + '_ {
         self.chunk_ms.windows(2).map(|w| w[1] - w[0])
-    }
-
-    /// Input tokens of this request: the server's count when it gave one, else the exact count we sent.
-    pub fn input_tokens(&self) -> Option<u32> {
-        self.prompt_tokens.or(self.prompt_tokens_sent)
     }
 }
