@@ -223,7 +223,11 @@ async fn execute_async(
 
 /// Renders the report on the blocking pool (templates and files; it must not stall a running load);
 /// returns the records it had to skip as unreadable.
-async fn render_report(exp: &Experiment, plan: &Plan, store: &Store) -> anyhow::Result<Vec<String>> {
+async fn render_report(
+    exp: &Experiment,
+    plan: &Plan,
+    store: &Store,
+) -> anyhow::Result<Vec<String>> {
     let (exp, plan, store) = (exp.clone(), plan.clone(), store.clone());
     tokio::task::spawn_blocking(move || {
         crate::report::render_all(&exp, &plan, &store).map(|files| files.unreadable)

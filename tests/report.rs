@@ -746,7 +746,11 @@ mod envinfo {
         p.timeout = Some(std::time::Duration::from_millis(300));
         let start = std::time::Instant::now();
         let env = capture_with(&file, &BTreeMap::new(), &p);
-        assert!(env.gpu_note.unwrap().contains("did not answer within 300ms"));
+        assert!(
+            env.gpu_note
+                .unwrap()
+                .contains("did not answer within 300ms")
+        );
         // Generous bound: only proves it did not wait for the full 30 s sleep.
         assert!(start.elapsed() < std::time::Duration::from_secs(20));
     }
