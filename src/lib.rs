@@ -19,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod scrape;
 pub mod server;
+pub mod shell;
 pub mod sim;
 pub mod stats;
 pub mod store;

@@ -7,7 +7,7 @@
 //! matters inside containers, where `nvidia-smi` lists host pids (or none) that we cannot match.
 //! A probe that fails or hangs counts as "released": it must never hold a campaign hostage.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Memory a GPU may hold beyond its pre-start baseline and still count as released (driver contexts of
@@ -25,7 +25,7 @@ pub struct GpuProbe {
 impl GpuProbe {
     /// `nvidia-smi` from PATH, if there is one (i.e. this is a GPU host).
     pub fn find() -> Option<GpuProbe> {
-        find_on_path("nvidia-smi").map(|program| GpuProbe { program })
+        crate::shell::find_program("nvidia-smi", None).map(|program| GpuProbe { program })
     }
 
     /// A probe that runs `program` instead (tests use a fake).
@@ -106,23 +106,10 @@ impl GpuProbe {
     }
 }
 
-/// The first executable file called `name` in PATH.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// A fake `nvidia-smi` whose answers come from files the test rewrites. It is linked, not written:
     /// executing a file just written can fail with ETXTBSY while other tests fork.
