@@ -18,6 +18,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod scrape;
+pub mod secret;
 pub mod server;
 pub mod shell;
 pub mod sim;

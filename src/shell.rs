@@ -5,10 +5,13 @@
 //! Splitting and quoting are `shlex`'s (tested against real shells); this module adds the runner's own
 //! rules on top: a line that needs a shell (pipes, redirections, `&&`) is refused with a pointer to
 //! `shell = true`, and display quoting leaves common option characters (`=`, `,`, `%`) and the
-//! `$PORT` placeholder of plans bare, so a command reads as it was written.
+//! `$PORT` placeholder of plans bare, so a command reads as it was written. A command is shown only
+//! through [`shown_command`], which hides secrets first.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+
+use crate::secret::Secrets;
 
 /// Splits a command line into words like a POSIX shell would (quotes, backslashes, line continuations),
 /// without globbing, variables or pipes.
@@ -126,6 +129,18 @@ pub fn join<'a>(words: impl IntoIterator<Item = &'a str>) -> String {
     words.into_iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
+/// A command as one line a person could paste into a shell, with `secrets` hidden: each word (or, with
+/// `shell`, the whole `sh -c` script) is redacted before it is quoted, so quoting cannot disguise a
+/// secret. The one way the runner shows a command.
+pub fn shown_command(argv: &[String], shell: bool, secrets: &Secrets) -> String {
+    if shell {
+        format!("sh -c {}", quote(&secrets.redact(&argv.join(" "))))
+    } else {
+        let words: Vec<Cow<'_, str>> = argv.iter().map(|a| secrets.redact(a)).collect();
+        join(words.iter().map(|w| w.as_ref()))
+    }
+}
+
 /// Where `program` is: a name without `/` is looked up on `PATH` (the first executable file of that
 /// name); a path is taken as is, relative to `base` when it is relative. `None` when there is no such
 /// executable file.
@@ -196,6 +211,24 @@ mod tests {
         let line = join(words);
         let back = shlex::split(&line).unwrap();
         assert_eq!(back[..5], words[..5]);
+    }
+
+    #[test]
+    fn shown_commands_hide_secrets_before_quoting() {
+        let mut secrets = Secrets::default();
+        secrets.add("it's-secret");
+        let argv: Vec<String> = ["srv", "--api-key", "it's-secret", "/m/My Model"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            shown_command(&argv, false, &secrets),
+            "srv --api-key '<redacted>' '/m/My Model'"
+        );
+        let script = vec!["K=it's-secret exec srv --x=1".to_string()];
+        assert_eq!(
+            shown_command(&script, true, &secrets),
+            "sh -c 'K=<redacted> exec srv --x=1'"
+        );
     }
 
     #[test]

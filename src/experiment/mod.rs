@@ -24,6 +24,7 @@ use raw::*;
 pub use scalar::Scalar;
 
 use crate::engine::{Defaults, Preset};
+use crate::secret::{ApiKey, Secrets, looks_secret};
 
 /// A validated experiment. Nothing invalid exists past this point.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Experiment {
     /// `[load]`: the lowest layer of load settings.
     pub load: IndexMap<String, Layered>,
     pub report: ReportSettings,
+    /// Values never to be shown: those of `${VAR}` whose name looks secret, and every `api_key`.
+    pub secrets: Secrets,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,8 @@ pub struct Engine {
     pub version_command: Option<String>,
     /// On a GPU host, how long to wait for GPU memory to be released after a teardown.
     pub gpu_release_timeout: Duration,
+    /// Sent as `Authorization: Bearer …` with every request to the server; never written anywhere.
+    pub api_key: Option<ApiKey>,
     pub defaults: Defaults,
 }
 
@@ -232,11 +237,14 @@ pub fn parse(file: &Path, source: &str) -> Result<Experiment, Diagnostics> {
     let mut v = Validator {
         diags,
         locator: &locator,
+        secrets: Secrets::default(),
     };
     let experiment = v.experiment(file, source, raw);
     if v.diags.is_empty() {
         Ok(experiment)
     } else {
+        // A message may quote a value that came from a secret (`${TOKEN}` in a malformed url).
+        v.diags.redact(&v.secrets);
         Err(v.diags)
     }
 }
@@ -290,6 +298,8 @@ fn unknown_key(diags: &mut Diagnostics, locator: &Locator, path: &[String]) {
 struct Validator<'a> {
     diags: Diagnostics,
     locator: &'a Locator<'a>,
+    /// Secret values met so far (see [`Experiment::secrets`]).
+    secrets: Secrets,
 }
 
 impl Validator<'_> {
@@ -317,7 +327,8 @@ impl Validator<'_> {
         }
     }
 
-    /// Replaces `${VAR}` with the environment variable VAR; an unset variable is an error.
+    /// Replaces `${VAR}` with the environment variable VAR; an unset variable is an error. The value of a
+    /// variable whose name looks secret is remembered, to be hidden wherever it is shown.
     fn expand_env(&mut self, path: &[&str], text: &str) -> String {
         let mut out = String::new();
         let mut rest = text;
@@ -334,7 +345,12 @@ impl Validator<'_> {
             };
             let name = &after[..end];
             match std::env::var(name) {
-                Ok(value) => out.push_str(&value),
+                Ok(value) => {
+                    if looks_secret(name) {
+                        self.secrets.add(&value);
+                    }
+                    out.push_str(&value)
+                }
                 Err(_) => self.error(
                     path,
                     format!("environment variable `{name}` is not set"),
@@ -409,6 +425,7 @@ impl Validator<'_> {
             matrix,
             load,
             report,
+            secrets: self.secrets.clone(),
         }
     }
 
@@ -571,6 +588,21 @@ impl Validator<'_> {
             raw.gpu_release_timeout.as_ref(),
             Duration::from_secs(120),
         );
+        let api_key = match raw.api_key {
+            Some(k) => {
+                let key = self.expand_env(&at("api_key"), &k);
+                if key.trim().is_empty() {
+                    self.error(
+                        &at("api_key"),
+                        "is empty",
+                        Some("write `api_key = \"${OPENAI_API_KEY}\"` (an environment variable), or remove it".into()),
+                    );
+                }
+                self.secrets.add(&key);
+                Some(ApiKey::new(key))
+            }
+            None => None,
+        };
         Engine {
             name: name.to_string(),
             preset,
@@ -582,6 +614,7 @@ impl Validator<'_> {
             metrics_path,
             version_command,
             gpu_release_timeout,
+            api_key,
             defaults: d,
         }
     }

@@ -204,6 +204,7 @@ async fn level(
         dialect: Preset::Sim.defaults().dialect,
         metrics_url: None,
         cache_counters: CacheCounters::Vllm,
+        api_key: None,
     };
     let out = run_point(
         client,

@@ -27,12 +27,13 @@ use crate::experiment::load::{self, LOAD_KEYS, Layered, LoadSpec, Workload};
 use crate::experiment::{
     AXES, CommandTemplate, Diagnostic, Diagnostics, Engine, Experiment, Launch, Model, Scalar,
 };
+use crate::secret::{REDACTED, Secrets, looks_secret};
 
 /// Upper bound on cells, so a typo cannot expand into a million-cell night.
 pub const MAX_CELLS: usize = 10_000;
 
 /// Port shown in plans and hashed while the real port is not known yet.
-pub const PORT_PLACEHOLDER: &str = "$PORT";
+pub const PORT_PLACEHOLDER: &str = crate::shell::PORT_PLACEHOLDER;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -91,8 +92,10 @@ pub struct CellPlan {
     pub load: LoadSpec,
 }
 
-/// A server's command and environment after template rendering.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A server's command and environment after template rendering, as the process gets them. Everything
+/// that shows them (plans, records, logs, messages) goes through the redacting views below; `Debug` and
+/// `Serialize` show those views too, so the real values cannot be printed by accident.
+#[derive(Clone, PartialEq)]
 pub struct Rendered {
     /// argv (program first); with `shell`, a single `sh -c` script.
     pub argv: Vec<String>,
@@ -104,6 +107,82 @@ pub struct Rendered {
     pub base_url: String,
     /// The model name sent in requests.
     pub request_model: String,
+    /// The values never shown: the experiment's secrets plus those this command reveals (values of
+    /// secret-looking options, assignments and `env` entries).
+    secrets: Secrets,
+}
+
+impl Rendered {
+    /// `text` with this command's secrets hidden (for messages that quote any part of it).
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.redact(text).into_owned()
+    }
+
+    /// argv with secrets hidden.
+    pub fn shown_argv(&self) -> Vec<String> {
+        self.argv.iter().map(|a| self.redact(a)).collect()
+    }
+
+    /// The command as one line a person could paste into a shell, secrets hidden.
+    pub fn command_line(&self) -> String {
+        crate::shell::shown_command(&self.argv, self.shell, &self.secrets)
+    }
+
+    /// The values this command hides (the server supervisor shows the command too).
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The environment with secrets hidden: the whole value of a secret-looking name, any secret inside
+    /// other values.
+    pub fn shown_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| {
+                let shown = if looks_secret(k) {
+                    REDACTED.to_string()
+                } else {
+                    self.redact(v)
+                };
+                (k.clone(), shown)
+            })
+            .collect()
+    }
+
+    pub fn shown_workdir(&self) -> Option<String> {
+        self.workdir.as_deref().map(|w| self.redact(w))
+    }
+
+    /// The base URL with secrets hidden (a `url = "https://user:${PASSWORD}@host"`).
+    pub fn shown_url(&self) -> String {
+        self.redact(&self.base_url)
+    }
+}
+
+/// The redacted view, never the real values.
+impl Serialize for Rendered {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({
+            "command": self.command_line(),
+            "argv": self.shown_argv(),
+            "shell": self.shell,
+            "env": self.shown_env(),
+            "workdir": self.shown_workdir(),
+            "base_url": self.shown_url(),
+            "request_model": self.request_model,
+        })
+        .serialize(s)
+    }
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendered")
+            .field("command", &self.command_line())
+            .field("env", &self.shown_env())
+            .field("base_url", &self.shown_url())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerPlan {
@@ -116,7 +195,8 @@ impl ServerPlan {
             serde_json::Value::from,
         );
         context["runner"] = serde_json::Value::from(runner_path());
-        render(&exp.engines[&self.engine], &context)
+        render(&exp.engines[&self.engine], &context, &exp.secrets)
+            .map_err(|e| exp.secrets.redact(&e).into_owned())
     }
 
     /// Every variable of a cell of this server: server variables, then the cell's load variables.
@@ -353,9 +433,11 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             &server_vars,
             &id,
         );
-        let display = match render(engine, &context) {
+        let display = match render(engine, &context, &exp.secrets) {
             Ok(r) => r,
             Err(e) => {
+                // A template error may quote the template, in which `${VAR}` is already expanded.
+                let e = exp.secrets.redact(&e).into_owned();
                 if reported.insert(format!("render/{engine_name}/{e}")) {
                     error(
                         &["engines", &engine_name, "command"],
@@ -390,9 +472,12 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             }
         }
 
+        // The redacted form: a rotated token must not invalidate a night's results (and a hash must not
+        // be a way to test guesses of a secret).
         let hash = short_hash(&serde_json::json!({
-            "engine": { "preset": engine.preset, "command": display.argv, "shell": display.shell, "env": display.env,
-                        "workdir": display.workdir, "url": display.base_url },
+            "engine": { "preset": engine.preset, "command": display.shown_argv(), "shell": display.shell,
+                        "env": display.shown_env().into_iter().collect::<IndexMap<_, _>>(),
+                        "workdir": display.shown_workdir(), "url": display.shown_url() },
             "model": { "path": checkpoint.path, "served_model_name": model.served_model_name },
             "vars": server_vars,
         }));
@@ -679,7 +764,11 @@ fn render_one(template: &str, context: &tera::Context) -> Result<String, String>
     })
 }
 
-fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, String> {
+fn render(
+    engine: &Engine,
+    context: &serde_json::Value,
+    secrets: &Secrets,
+) -> Result<Rendered, String> {
     let ctx = tera::Context::from_value(context.clone()).map_err(|e| e.to_string())?;
     let request_model = context["model"]["served_model_name"]
         .as_str()
@@ -704,6 +793,7 @@ fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, Stri
             version_command,
             base_url: url.clone(),
             request_model,
+            secrets: secrets.clone(),
         }),
         Launch::Spawn {
             command,
@@ -718,7 +808,7 @@ fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, Stri
                     if *shell {
                         vec![text]
                     } else {
-                        split_words(&text)?
+                        crate::shell::split(&text)?
                     }
                 }
                 CommandTemplate::Argv(parts) => {
@@ -738,6 +828,20 @@ fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, Stri
                 .map(|(k, v)| Ok((k.clone(), render_one(v, &ctx)?)))
                 .collect::<Result<IndexMap<_, _>, String>>()?;
             let port = context["port"].to_string().trim_matches('"').to_string();
+            let mut secrets = secrets.clone();
+            for (k, v) in &env {
+                if looks_secret(k) {
+                    secrets.add(v);
+                }
+            }
+            if *shell {
+                // Best effort: a script that does not split still has its `${VAR}` secrets hidden.
+                if let Some(words) = crate::shell::words(&argv.join(" ")) {
+                    secrets.add_from_words(&words);
+                }
+            } else {
+                secrets.add_from_words(&argv);
+            }
             Ok(Rendered {
                 argv,
                 shell: *shell,
@@ -746,82 +850,10 @@ fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, Stri
                 version_command,
                 base_url: format!("http://127.0.0.1:{port}"),
                 request_model,
+                secrets,
             })
         }
     }
-}
-
-/// Splits a command line into words like a POSIX shell would (quotes and backslashes), without running
-/// one: no globbing, no variables, no pipes.
-pub fn split_words(line: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(ch) => word.push(ch),
-                        None => return Err("unclosed single quote in command".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(ch @ ('"' | '\\' | '$' | '`')) => word.push(ch),
-                            Some(ch) => {
-                                word.push('\\');
-                                word.push(ch);
-                            }
-                            None => return Err("unclosed double quote in command".into()),
-                        },
-                        Some(ch) => word.push(ch),
-                        None => return Err("unclosed double quote in command".into()),
-                    }
-                }
-            }
-            '\\' => {
-                match chars.next() {
-                    Some('\n') => {} // a line continuation joins lines, it is no word
-                    Some(ch) => {
-                        in_word = true;
-                        word.push(ch);
-                    }
-                    None => return Err("command ends with a backslash".into()),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '|' | '&' | ';' | '<' | '>' | '`' => {
-                return Err(format!(
-                    "`{c}` needs a shell; set `shell = true` on the engine to run the command through `sh -c`"
-                ));
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    if words.is_empty() {
-        return Err("the command renders to nothing".into());
-    }
-    Ok(words)
 }
 
 /// First 12 hex digits of SHA-256 over the canonical JSON of the settings.
@@ -1022,16 +1054,5 @@ requests = 2
         assert!(
             real.argv.contains(&"8123".to_string()) && real.base_url == "http://127.0.0.1:8123"
         );
-    }
-
-    #[test]
-    fn shell_words() {
-        assert_eq!(
-            split_words(r#"a "b c" 'd e' f\ g"#).unwrap(),
-            ["a", "b c", "d e", "f g"]
-        );
-        assert_eq!(split_words("a \\\n  b").unwrap(), ["a", "b"]);
-        assert!(split_words("a 'b").is_err());
-        assert!(split_words("a | b").unwrap_err().contains("shell = true"));
     }
 }
