@@ -10,7 +10,7 @@ const AFTER_HELP: &str = "\
 Examples:
   runner plan experiments/rtxpro6000.toml     show every server and load point, nothing is started
   runner experiments/rtxpro6000.toml          run the campaign (same as `runner run FILE`)
-  runner run experiments/demo.toml --only engine=sim-fast
+  runner run experiments/demo.toml --only model=demo-14b,concurrency=4
   runner report experiments/rtxpro6000.toml   re-render the report from stored results
   runner sim --port 8000                      start the built-in simulated engine
 

@@ -18,7 +18,13 @@ pub fn prepare(file: &Path, only: &[String]) -> anyhow::Result<(Experiment, Plan
     let filters = plan::parse_filters(only, &plan).map_err(Failure::bad_input)?;
     let plan = plan.select(&filters);
     if plan.servers.is_empty() {
-        return Err(Failure::bad_input("--only matches no cell").into());
+        // Each value exists (parse_filters checked), but not together.
+        return Err(Failure::bad_input(format!(
+            "--only {} matches no cell: each value exists, but no cell has all of them\n  help: `runner plan {}` lists the cells",
+            only.join(","),
+            file.display()
+        ))
+        .into());
     }
     Ok((exp, plan))
 }
@@ -74,13 +80,21 @@ pub fn plan(file: &Path, only: &[String], json: bool) -> anyhow::Result<i32> {
     let (exp, plan) = prepare(file, only)?;
     let store = Store::new(&exp.results_dir);
     let mut out = std::io::stdout().lock();
-    if json {
+    let written = if json {
         crate::plan::print::json(&mut out, &exp, &plan, &|c| store.cell_status(c))
     } else {
         crate::plan::print::text(&mut out, &exp, &plan, &|c| store.cell_status(c))
-    }
-    .context("writing the plan to stdout")?;
+    };
+    quiet_when_closed(written).context("writing the plan to stdout")?;
     Ok(exit::OK)
+}
+
+/// A reader that stopped reading (`runner plan FILE | head`) is not an error: what it wanted, it got.
+fn quiet_when_closed(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// Re-renders the report from stored results only; nothing is started. A results directory that does
@@ -108,9 +122,8 @@ pub fn report(file: &Path) -> anyhow::Result<i32> {
         files.charts.len()
     ));
     lines.push(files.csv.display().to_string());
-    for line in lines {
-        writeln!(out, "{line}").context("writing to stdout")?;
-    }
+    quiet_when_closed(lines.iter().try_for_each(|line| writeln!(out, "{line}")))
+        .context("writing to stdout")?;
     if files.warnings > 0 || files.missing > 0 {
         eprintln!(
             "note: {} warning(s) next to numbers, {} cell(s) without a result",

@@ -19,7 +19,7 @@ use indexmap::IndexMap;
 
 pub use diag::{Diagnostic, Diagnostics};
 use diag::{Locator, did_you_mean};
-use load::{DURATION_HELP, LOAD_KEYS, Layered, Vocab};
+use load::{DURATION_HELP, LOAD_KEYS, Layered, MAX_DURATION, Vocab};
 use raw::*;
 pub use scalar::Scalar;
 
@@ -113,7 +113,14 @@ pub struct Model {
     pub load: IndexMap<String, Layered>,
 }
 
+/// Upper bound of `input_tokens`, `output_tokens` and `context_headroom` (ten million: beyond the longest
+/// contexts served today), so that their sum, `max_model_len`, cannot overflow.
+pub const MAX_TOKENS: u32 = 10_000_000;
+/// Upper bound of a concurrency: one socket per stream, and no client keeps more streams than this.
+pub const MAX_CONCURRENCY: i64 = 100_000;
+
 impl Model {
+    /// Cannot overflow: validation bounds each term by [`MAX_TOKENS`].
     pub fn max_model_len(&self) -> u32 {
         self.input_tokens + self.output_tokens + self.context_headroom
     }
@@ -315,7 +322,18 @@ impl Validator<'_> {
     fn duration(&mut self, path: &[&str], value: Option<&String>, default: Duration) -> Duration {
         let Some(text) = value else { return default };
         match humantime::parse_duration(text) {
-            Ok(d) => d,
+            Ok(d) if d <= MAX_DURATION => d,
+            Ok(_) => {
+                self.error(
+                    path,
+                    format!("`{text}` is longer than a week"),
+                    Some(format!(
+                        "write at most \"{}\"",
+                        humantime::format_duration(MAX_DURATION)
+                    )),
+                );
+                default
+            }
             Err(e) => {
                 self.error(
                     path,
@@ -625,6 +643,16 @@ impl Validator<'_> {
                 self.error(&["models", id, key], "must be at least 1", None);
                 1
             }
+            Some(n) if n > MAX_TOKENS => {
+                self.error(
+                    &["models", id, key],
+                    format!("{n} tokens is more than any model serves"),
+                    Some(format!(
+                        "write at most {MAX_TOKENS}; check for an extra digit"
+                    )),
+                );
+                1
+            }
             Some(n) => n,
             None => {
                 self.error(
@@ -689,13 +717,25 @@ impl Validator<'_> {
             );
         }
         let load = self.load_layer(&["models", id, "load"], raw.load.unwrap_or_default());
+        let context_headroom = match raw.context_headroom {
+            Some(n) if n > MAX_TOKENS => {
+                self.error(
+                    &["models", id, "context_headroom"],
+                    format!("{n} tokens is more than any model serves"),
+                    Some(format!("write at most {MAX_TOKENS} (the seed used 128)")),
+                );
+                0
+            }
+            Some(n) => n,
+            None => 128,
+        };
         Model {
             id: id.to_string(),
             name: raw.name.unwrap_or_else(|| id.to_string()),
             input_tokens,
             output_tokens,
             served_model_name: raw.served_model_name,
-            context_headroom: raw.context_headroom.unwrap_or(128),
+            context_headroom,
             vocab: Vocab {
                 tokenizer,
                 id_range,
@@ -839,10 +879,10 @@ impl Validator<'_> {
                 "engine" => (engines.keys().map(String::as_str).collect(), "engine"),
                 "precision" => (precisions.clone(), "precision"),
                 "concurrency" => {
-                    if !matches!(value, Scalar::Int(n) if n >= 1) {
+                    if !matches!(value, Scalar::Int(n) if (1..=MAX_CONCURRENCY).contains(&n)) {
                         self.error(
                             &path,
-                            format!("concurrency must be a whole number ≥ 1, found {value}"),
+                            format!("concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, found {value}"),
                             None,
                         );
                     }

@@ -247,21 +247,24 @@ impl Plan {
         self
     }
 
-    /// Every variable name a filter may use.
-    pub fn variable_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
+    /// Every variable name a filter may use, with every value it takes somewhere (as a filter writes
+    /// it), in order of first appearance.
+    pub fn variables(&self) -> IndexMap<String, Vec<String>> {
+        let mut out: IndexMap<String, Vec<String>> = IndexMap::new();
         for s in &self.servers {
-            for (k, _) in s
+            for (k, v) in s
                 .vars
                 .iter()
                 .chain(s.points.iter().flat_map(|c| c.vars.iter()))
             {
-                if !names.contains(k) {
-                    names.push(k.clone());
+                let values = out.entry(k.clone()).or_default();
+                let v = v.to_string();
+                if !values.contains(&v) {
+                    values.push(v);
                 }
             }
         }
-        names
+        out
     }
 }
 
@@ -272,9 +275,11 @@ pub struct Filter {
     pub value: String,
 }
 
-/// Parses `--only` arguments (`k=v,k=v`, repeatable), checking keys against the plan's variables.
+/// Parses `--only` arguments (`k=v,k=v`, repeatable), checking keys and values against the plan's
+/// variables: a value no cell has is a typo, not an empty selection.
 pub fn parse_filters(args: &[String], plan: &Plan) -> Result<Vec<Filter>, String> {
-    let names = plan.variable_names();
+    let variables = plan.variables();
+    let names: Vec<&String> = variables.keys().collect();
     let mut out = Vec::new();
     for arg in args {
         for part in arg.split(',').filter(|p| !p.trim().is_empty()) {
@@ -284,13 +289,22 @@ pub fn parse_filters(args: &[String], plan: &Plan) -> Result<Vec<Filter>, String
                 ));
             };
             let (k, v) = (k.trim(), v.trim());
-            if !names.iter().any(|n| n == k) {
+            let Some(values) = variables.get(k) else {
                 let hint =
-                    crate::experiment::diag::did_you_mean(k, names.iter().map(String::as_str))
-                        .unwrap_or_else(|| format!("variables: {}", names.join(", ")));
+                    crate::experiment::diag::did_you_mean(k, names.iter().map(|n| n.as_str()))
+                        .unwrap_or_else(|| {
+                            let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                            format!("variables: {}", names.join(", "))
+                        });
                 return Err(format!(
                     "--only: no variable `{k}` in this experiment\n  help: {hint}"
                 ));
+            };
+            if !values.iter().any(|x| x == v) {
+                let hint =
+                    crate::experiment::diag::did_you_mean(v, values.iter().map(String::as_str))
+                        .unwrap_or_else(|| format!("{k} takes: {}", values.join(", ")));
+                return Err(format!("--only: no cell has {k} = {v}\n  help: {hint}"));
             }
             out.push(Filter {
                 key: k.to_string(),
@@ -317,6 +331,18 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
         });
     };
 
+    // Sized before it is built: a typo in five lists of forty values must be this message, not an
+    // out-of-memory.
+    let bound = combination_bound(&exp.matrix);
+    if bound.is_none_or(|n| n > MAX_CELLS as u64) {
+        let (message, key) = oversized(&exp.matrix, bound);
+        error(
+            &["matrix", &key],
+            message,
+            Some("narrow the lists (a wrong or pasted list multiplies every other one), or split the campaign into several files".into()),
+        );
+        return Err(diags);
+    }
     let combos = combinations(exp);
     if combos.is_empty() {
         error(
@@ -324,17 +350,6 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             "the matrix expands to no cells".into(),
             Some("check [[matrix.exclude]]: it removes every combination".into()),
         );
-    }
-    if combos.len() > MAX_CELLS {
-        error(
-            &["matrix"],
-            format!(
-                "the matrix expands to {} cells (more than {MAX_CELLS})",
-                combos.len()
-            ),
-            Some("narrow the lists or add [[matrix.exclude]] entries".into()),
-        );
-        return Err(diags);
     }
 
     // Group into servers, preserving first appearance.
@@ -566,6 +581,63 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
     } else {
         Err(diags)
     }
+}
+
+/// The most combinations [`combinations`] can give, from the list lengths alone: the product of the
+/// lists (before exclusions) plus, per include entry, the product of the lists it does not name (what
+/// it adds when it agrees with no combination). `None` when that does not fit in a u64.
+fn combination_bound(m: &crate::experiment::Matrix) -> Option<u64> {
+    let lists: Vec<(&String, usize)> = m
+        .axes
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.len()))
+        .collect();
+    let product = |skip: &dyn Fn(&String) -> bool| {
+        lists
+            .iter()
+            .filter(|(k, _)| !skip(k))
+            .try_fold(1u64, |acc, (_, n)| acc.checked_mul(*n as u64))
+    };
+    let mut total = if lists.is_empty() {
+        0
+    } else {
+        product(&|_| false)?
+    };
+    for entry in &m.include {
+        total = total.checked_add(product(&|k| entry.contains_key(k))?)?;
+    }
+    Some(total)
+}
+
+/// The message for a matrix over [`MAX_CELLS`], naming each list's length, and the longest list (where
+/// a typo most likely is).
+fn oversized(m: &crate::experiment::Matrix, bound: Option<u64>) -> (String, String) {
+    let sizes: Vec<String> = m
+        .axes
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k} {}", v.len()))
+        .collect();
+    let longest = m
+        .axes
+        .iter()
+        .max_by_key(|(_, v)| v.len())
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default();
+    let count = bound.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+    let includes = if m.include.is_empty() {
+        String::new()
+    } else {
+        " with [[matrix.include]]".to_string()
+    };
+    (
+        format!(
+            "the matrix lists ({}) give up to {count} combinations{includes}, more than {MAX_CELLS}",
+            sizes.join(" × ")
+        ),
+        longest,
+    )
 }
 
 fn combinations(exp: &Experiment) -> Vec<Combo> {
@@ -1035,6 +1107,51 @@ requests = 2
                 .contains("did you mean `model`?")
         );
         assert!(parse_filters(&["model".into()], &p).is_err());
+        let err = parse_filters(&["model=m3".into()], &p).unwrap_err();
+        assert!(
+            err.contains("no cell has model = m3") && err.contains("did you mean `m1`?"),
+            "{err}"
+        );
+        let err = parse_filters(&["concurrency=99".into()], &p).unwrap_err();
+        assert!(err.contains("concurrency takes: 1, 4"), "{err}");
+    }
+
+    #[test]
+    fn the_matrix_is_sized_before_it_is_built() {
+        // 40^5 combinations would take many gigabytes to build: the bound refuses it first.
+        let forty: Vec<String> = (1..=40).map(|n| n.to_string()).collect();
+        let list = forty.join(", ");
+        let text = format!(
+            "{BASE}\n[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\ngmu = [{list}]\nkv = [{list}]\nwarmup = [{list}]\nseed = [{list}]\nconcurrency = [{list}]\n"
+        );
+        let exp = crate::experiment::parse(Path::new("t.toml"), &text).unwrap();
+        let err = expand(&exp).unwrap_err().to_string();
+        assert!(
+            err.contains("gmu 40 × kv 40 × warmup 40 × seed 40 × concurrency 40")
+                && err.contains("102400000 combinations"),
+            "{err}"
+        );
+        // The bound is exact without include/exclude and an upper bound with them.
+        let p = plan(
+            "[matrix]\nmodel = [\"m1\", \"m2\"]\nprecision = [\"fp8\"]\nengine = [\"a\", \"b\"]\nconcurrency = [1, 2, 4]\n",
+        );
+        let exp_bound = |matrix: &str| {
+            let text = format!("{BASE}\n{matrix}");
+            let exp = crate::experiment::parse(Path::new("t.toml"), &text).unwrap();
+            (
+                combination_bound(&exp.matrix),
+                combinations(&exp).len() as u64,
+            )
+        };
+        assert_eq!(p.cell_count(), 12);
+        let (bound, built) = exp_bound(
+            "[matrix]\nmodel = [\"m1\", \"m2\"]\nprecision = [\"fp8\"]\nengine = [\"a\", \"b\"]\nconcurrency = [1, 2, 4]\n",
+        );
+        assert_eq!(bound, Some(built));
+        let (bound, built) = exp_bound(
+            "[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\nconcurrency = [1, 2]\n[[matrix.include]]\nmodel = \"m2\"\nengine = \"b\"\n[[matrix.exclude]]\nconcurrency = 2\n",
+        );
+        assert!(bound.is_some_and(|b| b >= built), "{bound:?} {built}");
     }
 
     #[test]
