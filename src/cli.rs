@@ -70,6 +70,9 @@ pub struct RunOptions {
     /// Only cells matching every KEY=VALUE (e.g. `--only model=qwen3-14b,concurrency=40`); repeatable.
     #[arg(long, value_name = "KEY=VALUE[,KEY=VALUE]")]
     pub only: Vec<String>,
+    /// Start even when the pre-flight checks (programs, checkpoints, ports, disk space) find problems.
+    #[arg(long)]
+    pub no_preflight: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +141,7 @@ fn run(file: &std::path::Path, options: &RunOptions) -> anyhow::Result<i32> {
         fail_fast: options.fail_fast,
         force: options.force,
     };
-    crate::commands::run(file, &options.only, policy)
+    crate::commands::run(file, &options.only, policy, !options.no_preflight)
 }
 
 /// The one error printer: the message, then each cause on its own line.

@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::exit::{self, Failure};
 use crate::experiment::{self, Experiment};
 use crate::plan::{self, Plan};
+use crate::preflight;
 use crate::store::Store;
 
 /// Loads, validates and expands an experiment file, applying `--only` filters. Every input problem
@@ -29,16 +30,39 @@ pub fn prepare(file: &Path, only: &[String]) -> anyhow::Result<(Experiment, Plan
     Ok((exp, plan))
 }
 
-pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::Result<i32> {
+/// Runs an experiment: validation, the pre-flight checks (unless `preflight` is false), then the plan.
+pub fn run(
+    file: &Path,
+    only: &[String],
+    policy: crate::run::Policy,
+    preflight: bool,
+) -> anyhow::Result<i32> {
     let (exp, plan) = prepare(file, only)?;
     let store = Store::new(&exp.results_dir);
-    ensure_writable(&exp)?;
-    // A runner killed hard may have left its server running: clean it up before anything starts.
+    // A runner killed hard may have left its server running: clean it up before anything starts (and
+    // before the pre-flight, which would find its port taken).
     match crate::server::cleanup_stale(&store.pid_file()) {
         Ok(Some(cleanup)) => eprintln!("cleaned up a stale server from an earlier run: {cleanup}"),
         Ok(None) => {}
         Err(e) => return Err(Failure::bad_input(format!("{e}")).into()),
     }
+    if preflight {
+        let report = preflight::check(&exp, &plan);
+        if report.has_errors() {
+            return Err(Failure::bad_input(format!(
+                "pre-flight: nothing was started, because this would fail tonight:\n{}\n\nfix these, or pass --no-preflight to start anyway",
+                report.diagnostics(preflight::Severity::Error)
+            ))
+            .into());
+        }
+        for severity in [preflight::Severity::Warning, preflight::Severity::Note] {
+            let d = report.diagnostics(severity);
+            if !d.is_empty() {
+                eprintln!("pre-flight {}: {d}", severity.label());
+            }
+        }
+    }
+    ensure_writable(&exp)?;
     crate::store::write_atomic(
         &exp.results_dir.join("experiment.toml"),
         exp.source.as_bytes(),
@@ -61,12 +85,11 @@ pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::
     Ok(outcome.exit_code())
 }
 
-/// The results directory must be writable before the first server starts, not after an hour.
+/// The results directory must be writable before the first server starts, not after an hour (also with
+/// --no-preflight: nothing can run without it).
 fn ensure_writable(exp: &Experiment) -> anyhow::Result<()> {
     let dir = &exp.results_dir;
-    let probe =
-        std::fs::create_dir_all(dir).and_then(|()| tempfile::NamedTempFile::new_in(dir).map(drop));
-    probe.map_err(|e| {
+    preflight::ensure_writable(dir).map_err(|e| {
         Failure::bad_input(format!(
             "{}: results_dir {} is not writable: {e}\n  help: choose another `results_dir` or fix the permissions",
             exp.file.display(),
@@ -79,11 +102,22 @@ fn ensure_writable(exp: &Experiment) -> anyhow::Result<()> {
 pub fn plan(file: &Path, only: &[String], json: bool) -> anyhow::Result<i32> {
     let (exp, plan) = prepare(file, only)?;
     let store = Store::new(&exp.results_dir);
+    // The same checks a run makes first, shown, not enforced: a plan is also read away from the host.
+    let checks = preflight::check(&exp, &plan);
     let mut out = std::io::stdout().lock();
     let written = if json {
-        crate::plan::print::json(&mut out, &exp, &plan, &|c| store.cell_status(c))
+        let doc = crate::plan::print::json_value(&exp, &plan, &|c| store.cell_status(c))
+            .and_then(|mut doc| {
+                doc["preflight"] = serde_json::to_value(&checks.findings)?;
+                Ok(doc)
+            })
+            .context("building the plan's JSON")?;
+        serde_json::to_writer_pretty(&mut out, &doc)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
     } else {
         crate::plan::print::text(&mut out, &exp, &plan, &|c| store.cell_status(c))
+            .and_then(|()| write!(out, "\n{checks}"))
     };
     quiet_when_closed(written).context("writing the plan to stdout")?;
     Ok(exit::OK)

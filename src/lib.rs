@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod limits;
 pub mod load;
 pub mod plan;
+pub mod preflight;
 pub mod progress;
 pub mod report;
 pub mod run;

@@ -255,3 +255,213 @@ fn help_examples_name_what_their_files_have() {
         );
     }
 }
+
+/// A file that passes the pre-flight on any host: the simulated engine, a checkpoint directory the test
+/// creates, no fixed port.
+const HOST_READY: &str = r#"
+title = "pf"
+[engines.srv]
+preset = "sim"
+command = "{{ runner }} sim --port {{ port }} --served-model-name {{ model.path }}"
+
+[models.m]
+input_tokens = 16
+output_tokens = 2
+[models.m.precisions]
+fp8 = { path = "./ckpt" }
+
+[matrix]
+model = ["m"]
+precision = ["fp8"]
+engine = ["srv"]
+concurrency = [1]
+"#;
+
+/// (name, file body, fragments that must all appear in stderr of `runner t.toml`).
+fn preflight_cases(busy_port: u16) -> Vec<(&'static str, String, Vec<String>)> {
+    let with = |from: &str, to: &str| {
+        assert!(HOST_READY.contains(from), "case setup: {from:?}");
+        HOST_READY.replacen(from, to, 1)
+    };
+    let mut cases = vec![
+        (
+            "program not on PATH",
+            with("{{ runner }} sim", "surely-not-installed-srv sim"),
+            vec![
+                "t.toml:5:1".into(),
+                "`engines.srv.command`".into(),
+                "program `surely-not-installed-srv` is not on PATH".into(),
+                "full path".into(),
+            ],
+        ),
+        (
+            "program path that does not exist",
+            with("{{ runner }} sim", "./bin/srv sim"),
+            vec!["program `./bin/srv` does not exist or is not executable".into()],
+        ),
+        (
+            "local checkpoint missing",
+            with("./ckpt", "/nonexistent/ckpt"),
+            vec![
+                "t.toml:11:9".into(),
+                "models.m.precisions.fp8.path".into(),
+                "checkpoint /nonexistent/ckpt does not exist".into(),
+            ],
+        ),
+        (
+            "missing tokenizer",
+            with(
+                "output_tokens = 2",
+                "output_tokens = 2\ntokenizer = \"./no-such-tokenizer.json\"",
+            ),
+            vec![
+                "models.m.tokenizer".into(),
+                "no tokenizer at ./no-such-tokenizer.json".into(),
+            ],
+        ),
+        (
+            "missing workdir",
+            with(
+                "preset = \"sim\"",
+                "preset = \"sim\"\nworkdir = \"/nonexistent-workdir\"",
+            ),
+            vec![
+                "engines.srv.workdir".into(),
+                "/nonexistent-workdir is not a directory".into(),
+            ],
+        ),
+        (
+            "fixed port in use",
+            with(
+                "preset = \"sim\"",
+                &format!("preset = \"sim\"\nport = {busy_port}"),
+            ),
+            vec![
+                "engines.srv.port".into(),
+                format!("port {busy_port} is in use now"),
+            ],
+        ),
+        (
+            "everything at once",
+            with("{{ runner }} sim", "surely-not-installed-srv sim").replacen(
+                "./ckpt",
+                "/nonexistent/ckpt",
+                1,
+            ),
+            vec![
+                "2 problems in".into(),
+                "surely-not-installed-srv".into(),
+                "/nonexistent/ckpt".into(),
+            ],
+        ),
+    ];
+    if runner::shell::find_program("python3", None).is_some() {
+        cases.push((
+            "python module not installed",
+            with(
+                "{{ runner }} sim",
+                "python3 -m surely_no_such_package.server sim",
+            ),
+            vec![
+                "`python3 -m surely_no_such_package.server`".into(),
+                "cannot find the package `surely_no_such_package`".into(),
+            ],
+        ));
+    }
+    cases
+}
+
+#[test]
+fn preflight_problems_stop_the_run_before_anything_starts() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_port = busy.local_addr().expect("addr").port();
+    let mut failures = Vec::new();
+    for (name, body, fragments) in preflight_cases(busy_port) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("ckpt")).expect("checkpoint dir");
+        std::fs::write(dir.path().join("t.toml"), &body).expect("write case");
+        let out = run_in(dir.path(), &["t.toml"]);
+        let stderr = text(&out.stderr);
+        if out.status.code() != Some(2) {
+            failures.push(format!("{name}: exit {:?}:\n{stderr}", out.status.code()));
+            continue;
+        }
+        for f in fragments
+            .iter()
+            .map(String::as_str)
+            .chain(["pre-flight", "--no-preflight"])
+        {
+            if !stderr.contains(f) {
+                failures.push(format!("{name}: missing {f:?} in:\n{stderr}"));
+            }
+        }
+        if dir.path().join("results").exists() || stderr.contains("starting on port") {
+            failures.push(format!(
+                "{name}: something was started or written:\n{stderr}"
+            ));
+        }
+        // The plan shows the same problem and still exits 0.
+        let plan = run_in(dir.path(), &["plan", "t.toml"]);
+        let stdout = text(&plan.stdout);
+        if plan.status.code() != Some(0)
+            || !stdout.contains(fragments[fragments.len() - 1].as_str())
+        {
+            failures.push(format!(
+                "{name}: plan exit {:?}:\n{stdout}",
+                plan.status.code()
+            ));
+        }
+    }
+    drop(busy);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn preflight_passes_a_ready_host_and_can_be_skipped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("ckpt")).expect("checkpoint dir");
+    // A hub id is not a local path: it is left to the engine, never reported missing.
+    let body = HOST_READY.replacen("./ckpt", "Org/Model-FP8", 1);
+    std::fs::write(dir.path().join("t.toml"), &body).expect("write");
+    let plan = run_in(dir.path(), &["plan", "t.toml", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    assert_eq!(v["preflight"], serde_json::json!([]), "{v}");
+
+    // With a missing program, --no-preflight starts anyway and the server fails at its start.
+    let body = HOST_READY.replacen("{{ runner }} sim", "surely-not-installed-srv sim", 1);
+    std::fs::write(dir.path().join("t.toml"), &body).expect("write");
+    let out = run_in(dir.path(), &["t.toml", "--no-preflight"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("pre-flight") && stderr.contains("surely-not-installed-srv"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn seed_campaign_fails_in_the_first_second_on_a_host_without_its_engines() {
+    if runner::shell::find_program("vllm", None).is_some()
+        || std::path::Path::new("/mnt/data/models").exists()
+    {
+        return; // a host with the campaign's engines or checkpoints: nothing to prove here
+    }
+    let started = std::time::Instant::now();
+    let out = run_in(&crate::common::repo(), &["experiments/rtxpro6000.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    for fragment in [
+        "program `vllm` is not on PATH",
+        "engines.sglang.command",
+        "checkpoint /mnt/data/models/Qwen_Qwen3-14B-FP8 does not exist",
+        "checkpoint /mnt/data/models/Qwen2.5-72B-Instruct-fp8 does not exist",
+    ] {
+        assert!(stderr.contains(fragment), "missing {fragment:?}:\n{stderr}");
+    }
+    assert!(!stderr.contains("starting on port"), "{stderr}");
+}

@@ -765,6 +765,12 @@ fn context(
     serde_json::Value::Object(ctx)
 }
 
+/// Whether any template of `engine` (command, env values, version command) uses variable `name`, e.g.
+/// `model.path`.
+pub fn uses_variable(engine: &Engine, name: &str) -> bool {
+    template_text(engine).iter().any(|t| mentions(t, name))
+}
+
 fn template_text(engine: &Engine) -> Vec<&str> {
     let mut out = Vec::new();
     if let Launch::Spawn { command, env, .. } = &engine.launch {
@@ -777,7 +783,8 @@ fn template_text(engine: &Engine) -> Vec<&str> {
     out
 }
 
-/// Whether a template mentions `name` as a whole word inside `{{ }}` or `{% %}`.
+/// Whether a template mentions `name` (a variable, or a dotted path like `model.path`) as a whole word
+/// inside `{{ }}` or `{% %}`.
 fn mentions(template: &str, name: &str) -> bool {
     let mut rest = template;
     while let Some(start) = rest.find(['{']) {
@@ -792,9 +799,10 @@ fn mentions(template: &str, name: &str) -> bool {
         };
         let Some(end) = after.find(close) else { break };
         let inner = &after[1..end];
+        // `model.path` is one word here: `model` matches it, and so does `model.path`, but not `path`.
         if inner
-            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .any(|w| w == name)
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+            .any(|w| w == name || w.strip_prefix(name).is_some_and(|r| r.starts_with('.')))
         {
             return true;
         }
@@ -1114,6 +1122,19 @@ requests = 2
         );
         let err = parse_filters(&["concurrency=99".into()], &p).unwrap_err();
         assert!(err.contains("concurrency takes: 1, 4"), "{err}");
+    }
+
+    #[test]
+    fn dotted_variables_are_whole_words() {
+        let exp = crate::experiment::parse(
+            Path::new("t.toml"),
+            &format!("{BASE}\n[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\nconcurrency = [1]\n"),
+        )
+        .unwrap();
+        let (a, b) = (&exp.engines["a"], &exp.engines["b"]);
+        assert!(uses_variable(a, "model.path") && uses_variable(a, "model"));
+        assert!(!uses_variable(a, "path") && !uses_variable(a, "model.id"));
+        assert!(!uses_variable(b, "model.path") && uses_variable(b, "max_model_len"));
     }
 
     #[test]

@@ -160,12 +160,13 @@ struct JsonTotals {
     requests: u64,
 }
 
-pub fn json(
-    out: &mut impl Write,
+/// The plan for scripts, as a JSON document the caller may extend (`runner plan --json` adds the
+/// pre-flight findings).
+pub fn json_value(
     exp: &Experiment,
     plan: &Plan,
     status: &dyn Fn(&CellPlan) -> CellStatus,
-) -> io::Result<()> {
+) -> serde_json::Result<serde_json::Value> {
     let doc = JsonPlan {
         title: &exp.title,
         file: exp.file.display().to_string(),
@@ -203,6 +204,5 @@ pub fn json(
             requests: plan.request_count(),
         },
     };
-    serde_json::to_writer_pretty(&mut *out, &doc)?;
-    writeln!(out)
+    serde_json::to_value(&doc)
 }
