@@ -51,6 +51,7 @@ fn spec(dir: &std::path::Path, name: &str, port: u16, grace: u64) -> ServerSpec 
         stop_grace: Duration::from_secs(grace),
         log_path: dir.join(format!("{name}.log")),
         gpu_release_timeout: Duration::ZERO,
+        secrets: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ const AFTER_HELP: &str = "\
 Examples:
   runner plan experiments/rtxpro6000.toml     show every server and load point, nothing is started
   runner experiments/rtxpro6000.toml          run the campaign (same as `runner run FILE`)
-  runner run experiments/demo.toml --only engine=sim-fast
+  runner run experiments/demo.toml --only model=demo-14b,concurrency=4
   runner report experiments/rtxpro6000.toml   re-render the report from stored results
   runner sim --port 8000                      start the built-in simulated engine
 
@@ -70,6 +70,9 @@ pub struct RunOptions {
     /// Only cells matching every KEY=VALUE (e.g. `--only model=qwen3-14b,concurrency=40`); repeatable.
     #[arg(long, value_name = "KEY=VALUE[,KEY=VALUE]")]
     pub only: Vec<String>,
+    /// Start even when the pre-flight checks (programs, checkpoints, ports, disk space) find problems.
+    #[arg(long)]
+    pub no_preflight: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +141,7 @@ fn run(file: &std::path::Path, options: &RunOptions) -> anyhow::Result<i32> {
         fail_fast: options.fail_fast,
         force: options.force,
     };
-    crate::commands::run(file, &options.only, policy)
+    crate::commands::run(file, &options.only, policy, !options.no_preflight)
 }
 
 /// The one error printer: the message, then each cause on its own line.

@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::exit::{self, Failure};
 use crate::experiment::{self, Experiment};
 use crate::plan::{self, Plan};
+use crate::preflight;
 use crate::progress::say;
 use crate::store::Store;
 
@@ -19,16 +20,28 @@ pub fn prepare(file: &Path, only: &[String]) -> anyhow::Result<(Experiment, Plan
     let filters = plan::parse_filters(only, &plan).map_err(Failure::bad_input)?;
     let plan = plan.select(&filters);
     if plan.servers.is_empty() {
-        return Err(Failure::bad_input("--only matches no cell").into());
+        // Each value exists (parse_filters checked), but not together.
+        return Err(Failure::bad_input(format!(
+            "--only {} matches no cell: each value exists, but no cell has all of them\n  help: `runner plan {}` lists the cells",
+            only.join(","),
+            file.display()
+        ))
+        .into());
     }
     Ok((exp, plan))
 }
 
-pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::Result<i32> {
+/// Runs an experiment: validation, the pre-flight checks (unless `preflight` is false), then the plan.
+pub fn run(
+    file: &Path,
+    only: &[String],
+    policy: crate::run::Policy,
+    preflight: bool,
+) -> anyhow::Result<i32> {
     let (exp, plan) = prepare(file, only)?;
     let store = Store::new(&exp.results_dir);
-    ensure_writable(&exp)?;
-    // A runner killed hard may have left its server running: clean it up before anything starts.
+    // A runner killed hard may have left its server running: clean it up before anything starts (and
+    // before the pre-flight, which would find its port taken).
     match crate::server::cleanup_stale(&store.pid_file()) {
         Ok(Some(cleanup)) => say(format!(
             "cleaned up a stale server from an earlier run: {cleanup}"
@@ -36,6 +49,23 @@ pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::
         Ok(None) => {}
         Err(e) => return Err(Failure::bad_input(format!("{e}")).into()),
     }
+    if preflight {
+        let report = preflight::check(&exp, &plan);
+        if report.has_errors() {
+            return Err(Failure::bad_input(format!(
+                "pre-flight: nothing was started, because this would fail tonight:\n{}\n\nfix these, or pass --no-preflight to start anyway",
+                report.diagnostics(preflight::Severity::Error)
+            ))
+            .into());
+        }
+        for severity in [preflight::Severity::Warning, preflight::Severity::Note] {
+            let d = report.diagnostics(severity);
+            if !d.is_empty() {
+                eprintln!("pre-flight {}: {d}", severity.label());
+            }
+        }
+    }
+    ensure_writable(&exp)?;
     crate::store::write_atomic(
         &exp.results_dir.join("experiment.toml"),
         exp.source.as_bytes(),
@@ -58,12 +88,11 @@ pub fn run(file: &Path, only: &[String], policy: crate::run::Policy) -> anyhow::
     Ok(outcome.exit_code())
 }
 
-/// The results directory must be writable before the first server starts, not after an hour.
+/// The results directory must be writable before the first server starts, not after an hour (also with
+/// --no-preflight: nothing can run without it).
 fn ensure_writable(exp: &Experiment) -> anyhow::Result<()> {
     let dir = &exp.results_dir;
-    let probe =
-        std::fs::create_dir_all(dir).and_then(|()| tempfile::NamedTempFile::new_in(dir).map(drop));
-    probe.map_err(|e| {
+    preflight::ensure_writable(dir).map_err(|e| {
         Failure::bad_input(format!(
             "{}: results_dir {} is not writable: {e}\n  help: choose another `results_dir` or fix the permissions",
             exp.file.display(),
@@ -76,14 +105,33 @@ fn ensure_writable(exp: &Experiment) -> anyhow::Result<()> {
 pub fn plan(file: &Path, only: &[String], json: bool) -> anyhow::Result<i32> {
     let (exp, plan) = prepare(file, only)?;
     let store = Store::new(&exp.results_dir);
+    // The same checks a run makes first, shown, not enforced: a plan is also read away from the host.
+    let checks = preflight::check(&exp, &plan);
     let mut out = std::io::stdout().lock();
-    if json {
-        crate::plan::print::json(&mut out, &exp, &plan, &|c| store.cell_status(c))
+    let written = if json {
+        let doc = crate::plan::print::json_value(&exp, &plan, &|c| store.cell_status(c))
+            .and_then(|mut doc| {
+                doc["preflight"] = serde_json::to_value(&checks.findings)?;
+                Ok(doc)
+            })
+            .context("building the plan's JSON")?;
+        serde_json::to_writer_pretty(&mut out, &doc)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
     } else {
         crate::plan::print::text(&mut out, &exp, &plan, &|c| store.cell_status(c))
-    }
-    .context("writing the plan to stdout")?;
+            .and_then(|()| write!(out, "\n{checks}"))
+    };
+    quiet_when_closed(written).context("writing the plan to stdout")?;
     Ok(exit::OK)
+}
+
+/// A reader that stopped reading (`runner plan FILE | head`) is not an error: what it wanted, it got.
+fn quiet_when_closed(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// Re-renders the report from stored results only; nothing is started. A results directory that does
@@ -111,11 +159,12 @@ pub fn report(file: &Path) -> anyhow::Result<i32> {
         files.charts.len()
     ));
     lines.push(files.csv.display().to_string());
-    for line in lines {
-        writeln!(out, "{line}").context("writing to stdout")?;
-    }
+    quiet_when_closed(lines.iter().try_for_each(|line| writeln!(out, "{line}")))
+        .context("writing to stdout")?;
     for problem in &files.unreadable {
-        eprintln!("warning: skipped an unreadable record (the report shows the rest): {problem}");
+        say(format!(
+            "warning: skipped an unreadable record (the report shows the rest): {problem}"
+        ));
     }
     if files.warnings > 0 || files.missing > 0 {
         say(format!(

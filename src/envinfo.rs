@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::gpu::Smi;
-use crate::tool::{Tool, find_on_path};
+use crate::tool::{Tool, find_program};
 
 /// Everything known about the machine and software of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -174,7 +174,7 @@ fn git_state(exp_file: &Path, probe: &Probe) -> ExperimentSource {
         file: exp_file.display().to_string(),
         ..Default::default()
     };
-    let Some(git) = find_on_path("git", probe.path.as_deref()) else {
+    let Some(git) = find_program("git", None, probe.path.as_deref()) else {
         source.note = Some("git not found".into());
         return source;
     };

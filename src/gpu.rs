@@ -52,7 +52,7 @@ impl Smi {
     /// `nvidia-smi` from `search` (a `PATH`-style list; `None`: this process's `PATH`), if there is one,
     /// i.e. this is a GPU host.
     pub fn find(search: Option<&OsStr>) -> Option<Smi> {
-        crate::tool::find_on_path("nvidia-smi", search).map(|program| Smi {
+        crate::tool::find_program("nvidia-smi", None, search).map(|program| Smi {
             program,
             path: search.map(OsStr::to_os_string),
             timeout: QUERY_TIMEOUT,

@@ -310,6 +310,7 @@ async fn run_server(
             .as_ref()
             .map(|p| format!("{}{p}", rendered.base_url)),
         cache_counters: engine.defaults.cache_counters,
+        api_key: engine.api_key.clone(),
     };
     let command = command_line(&rendered);
     for (k, cell) in pending.iter().enumerate() {
@@ -500,16 +501,16 @@ async fn start_server(
     let cancel = ctx.shutdown.stopping();
     let fail = StartFailure::before_spawn;
     let smoke_for = |rendered: &Rendered| {
-        engine
-            .smoke_test
-            .then(|| SmokeRequest::completion(&rendered.request_model))
+        engine.smoke_test.then(|| {
+            SmokeRequest::completion(&rendered.request_model).with_api_key(engine.api_key.clone())
+        })
     };
     match &engine.launch {
         Launch::Attach { .. } => {
             let rendered = server.render(exp, None).map_err(fail)?;
-            record.command = format!("(already running at {})", rendered.base_url);
-            record.base_url = rendered.base_url.clone();
-            reporter.phase(format!("{}: checking {}", server.id, rendered.base_url));
+            record.command = format!("(already running at {})", rendered.shown_url());
+            record.base_url = rendered.shown_url();
+            reporter.phase(format!("{}: checking {}", server.id, rendered.shown_url()));
             let ready = server::attach(
                 &rendered.base_url,
                 &engine.ready_path,
@@ -520,7 +521,7 @@ async fn start_server(
             .await
             .map_err(|e| StartFailure {
                 interrupted: matches!(e, server::StartError::Interrupted),
-                ..fail(e.to_string())
+                ..fail(rendered.redact(&e.to_string()))
             })?;
             record.time_to_ready_s = Some(ready.seconds);
             Ok((None, rendered))
@@ -539,11 +540,12 @@ async fn start_server(
             let rendered = server.render(exp, Some(port)).map_err(fail)?;
             record.command = command_line(&rendered);
             record.env = redacted_env(&rendered);
-            record.base_url = rendered.base_url.clone();
+            record.base_url = rendered.shown_url();
             record.port = Some(port);
             let spec = ServerSpec {
                 id: server.id.clone(),
                 argv: rendered.argv.clone(),
+                secrets: rendered.secrets().clone(),
                 shell: rendered.shell,
                 env: rendered
                     .env

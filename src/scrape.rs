@@ -64,12 +64,19 @@ pub fn parse(text: &str) -> Samples {
     out
 }
 
-/// Fetches and parses `url`. Errors carry the URL.
-pub async fn scrape(client: &reqwest::Client, url: &str) -> anyhow::Result<Samples> {
+/// Fetches and parses `url`, with the engine's API key when it has one (llama.cpp's `--api-key` guards
+/// `/metrics` too). Errors carry the URL.
+pub async fn scrape(
+    client: &reqwest::Client,
+    url: &str,
+    api_key: Option<&crate::secret::ApiKey>,
+) -> anyhow::Result<Samples> {
     use anyhow::Context;
-    let response = client
-        .get(url)
-        .timeout(std::time::Duration::from_secs(10))
+    let mut request = client.get(url).timeout(std::time::Duration::from_secs(10));
+    if let Some(key) = api_key {
+        request = request.header(reqwest::header::AUTHORIZATION, key.bearer());
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("scraping {url}"))?;

@@ -18,11 +18,19 @@ use std::process::ExitStatus;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-/// The first executable file called `name` in `search` (a `PATH`-style list; `None`: this process's
-/// `PATH`). A `name` containing `/` is a path: it is returned when it is an executable file.
-pub fn find_on_path(name: &str, search: Option<&OsStr>) -> Option<PathBuf> {
-    if name.contains('/') {
-        let path = PathBuf::from(name);
+/// Where `program` is, the one PATH lookup of the project: a name without `/` is the first executable file
+/// of that name in `search` (a `PATH`-style list; `None`: this process's `PATH`); a path is taken as is,
+/// relative to `base` when it is relative (an engine's `workdir`). `None` when there is no such
+/// executable file.
+pub fn find_program(program: &str, base: Option<&Path>, search: Option<&OsStr>) -> Option<PathBuf> {
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let path = match base {
+            Some(dir) if Path::new(program).is_relative() => dir.join(program),
+            _ => PathBuf::from(program),
+        };
         return is_executable(&path).then_some(path);
     }
     let path: OsString = match search {
@@ -30,7 +38,7 @@ pub fn find_on_path(name: &str, search: Option<&OsStr>) -> Option<PathBuf> {
         None => std::env::var_os("PATH")?,
     };
     std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
+        .map(|dir| dir.join(program))
         .find(|p| is_executable(p))
 }
 
@@ -168,15 +176,31 @@ mod tests {
 
     #[test]
     fn finds_programs_and_paths() {
-        let sh = find_on_path("sh", None).expect("sh is on PATH");
+        let sh = find_program("sh", None, None).expect("sh is on PATH");
         assert!(sh.is_absolute());
         assert_eq!(
-            find_on_path(&sh.to_string_lossy(), None).as_deref(),
+            find_program(&sh.to_string_lossy(), None, None).as_deref(),
             Some(sh.as_path())
         );
-        assert_eq!(find_on_path("no-such-program-for-runner-tests", None), None);
-        assert_eq!(find_on_path("sh", Some(OsStr::new("/nonexistent"))), None);
-        assert_eq!(find_on_path("/etc/hostname-not-executable", None), None);
+        assert_eq!(
+            find_program("no-such-program-for-runner-tests", None, None),
+            None
+        );
+        assert_eq!(
+            find_program("sh", None, Some(OsStr::new("/nonexistent"))),
+            None
+        );
+        assert_eq!(
+            find_program("/etc/hostname-not-executable", None, None),
+            None
+        );
+        assert_eq!(find_program("", None, None), None);
+        // A relative path is relative to the base directory (an engine's workdir).
+        let dir = sh.parent().unwrap();
+        assert_eq!(
+            find_program("./sh", Some(dir), None).as_deref(),
+            Some(dir.join("./sh").as_path())
+        );
     }
 
     #[test]

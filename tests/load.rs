@@ -51,6 +51,7 @@ fn target(sim: &SimHandle) -> Target {
         dialect: Preset::Sim.defaults().dialect,
         metrics_url: Some(format!("{}/metrics", sim.url())),
         cache_counters: CacheCounters::Vllm,
+        api_key: None,
     }
 }
 

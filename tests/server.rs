@@ -44,6 +44,7 @@ impl Case {
         argv.extend(args.iter().map(|a| a.to_string()));
         ServerSpec {
             id: format!("fixture/{name}"),
+            secrets: Default::default(),
             argv,
             shell: false,
             env: Vec::new(),

@@ -7,5 +7,6 @@ mod layout;
 mod load;
 mod report;
 mod run;
+mod secrets;
 mod server;
 mod sim;

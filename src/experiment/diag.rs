@@ -47,6 +47,17 @@ impl Diagnostics {
             self.items.push(diagnostic);
         }
     }
+
+    /// Hides every secret value in the messages and fixes (the file's own text, shown in snippets, has
+    /// `${VAR}`, never the value).
+    pub fn redact(&mut self, secrets: &crate::secret::Secrets) {
+        for d in &mut self.items {
+            d.message = secrets.redact(&d.message).into_owned();
+            if let Some(help) = &mut d.help {
+                *help = secrets.redact(help).into_owned();
+            }
+        }
+    }
 }
 
 impl fmt::Display for Diagnostics {

@@ -30,6 +30,16 @@ pub const LOAD_KEYS: &[&str] = &[
 /// Default for `requests`: three requests per concurrent stream, at least two (the seed campaign's rule).
 pub const DEFAULT_REQUESTS: &str = "max(2, 3 * concurrency)";
 
+/// Bounds that catch an extra digit before it becomes a week-long point: measured requests per point,
+/// warm-up requests, the in-flight cap, and the Poisson rate (below the lowest rate, the gaps between
+/// arrivals would outgrow any clock).
+pub const MAX_REQUESTS: i64 = 1_000_000;
+pub const MAX_WARMUP: i64 = 100_000;
+pub const MAX_INFLIGHT: i64 = 100_000;
+pub const RATE_RANGE: (f64, f64) = (0.001, 1_000_000.0);
+/// The longest duration any setting takes (timeouts included): a week.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Everything the load generator needs for one load point, fully resolved.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoadSpec {
@@ -135,17 +145,17 @@ pub fn resolve(
     };
 
     let int = |key: &str,
-               min: i64,
+               (min, max): (i64, i64),
                bad: &mut dyn FnMut(&Layered, String, Option<String>)|
      -> Option<u32> {
         let l = layers.get(key)?;
         match &l.value {
-            Scalar::Int(n) if *n >= min && *n <= i64::from(u32::MAX) => Some(*n as u32),
+            Scalar::Int(n) if (min..=max).contains(n) => u32::try_from(*n).ok(),
             Scalar::Int(n) => {
                 bad(
                     l,
                     format!("{n} is out of range"),
-                    Some(format!("use a whole number ≥ {min}")),
+                    Some(format!("use a whole number from {min} to {max}")),
                 );
                 None
             }
@@ -164,9 +174,20 @@ pub fn resolve(
             let l = layers.get(key)?;
             match &l.value {
                 Scalar::Str(s) => match humantime::parse_duration(s) {
-                    Ok(d) if !d.is_zero() => Some(d),
-                    Ok(_) => {
+                    Ok(d) if !d.is_zero() && d <= MAX_DURATION => Some(d),
+                    Ok(d) if d.is_zero() => {
                         bad(l, "must be longer than zero".into(), None);
+                        None
+                    }
+                    Ok(_) => {
+                        bad(
+                            l,
+                            format!("`{s}` is longer than a week"),
+                            Some(format!(
+                                "write at most \"{}\"",
+                                humantime::format_duration(MAX_DURATION)
+                            )),
+                        );
                         None
                     }
                     Err(e) => {
@@ -220,13 +241,13 @@ pub fn resolve(
         },
     };
     let requests = requests.and_then(|e| match e.eval(concurrency) {
-        Ok(n) if n >= 1 && n <= i64::from(u32::MAX) => Some(n as u32),
+        Ok(n) if (1..=MAX_REQUESTS).contains(&n) => u32::try_from(n).ok(),
         Ok(n) => {
             if let Some(l) = layers.get("requests") {
                 bad(
                     l,
                     format!("`{e}` gives {n} requests at concurrency {concurrency}"),
-                    Some("it must give at least 1".into()),
+                    Some(format!("it must give from 1 to {MAX_REQUESTS}")),
                 );
             }
             None
@@ -243,10 +264,11 @@ pub fn resolve(
         }
     });
 
-    let warmup = int("warmup", 0, &mut bad).unwrap_or(1);
-    let max_inflight = int("max_inflight", 1, &mut bad);
-    // 0 means no shared prefix, so a matrix can compare `shared_prefix_tokens = [0, 512]`.
-    let shared = int("shared_prefix_tokens", 0, &mut bad).filter(|n| *n > 0);
+    let warmup = int("warmup", (0, MAX_WARMUP), &mut bad).unwrap_or(1);
+    let max_inflight = int("max_inflight", (1, MAX_INFLIGHT), &mut bad);
+    // 0 means no shared prefix, so a matrix can compare `shared_prefix_tokens = [0, 512]`; its upper bound
+    // is the prompt length, checked below.
+    let shared = int("shared_prefix_tokens", (0, i64::from(u32::MAX)), &mut bad).filter(|n| *n > 0);
     let seed = match layers.get("seed") {
         None => 0,
         Some(l) => match &l.value {
@@ -264,12 +286,15 @@ pub fn resolve(
     let request_rate = layers
         .get("request_rate")
         .and_then(|l| match l.value.as_f64() {
-            Some(r) if r > 0.0 && r.is_finite() => Some(r),
+            Some(r) if (RATE_RANGE.0..=RATE_RANGE.1).contains(&r) => Some(r),
             _ => {
                 bad(
                     l,
-                    format!("expected requests per second > 0, found {}", l.value),
-                    None,
+                    format!("expected requests per second, found {}", l.value),
+                    Some(format!(
+                        "write a number from {} to {} (or remove it for a closed loop)",
+                        RATE_RANGE.0, RATE_RANGE.1
+                    )),
                 );
                 None
             }

@@ -4,7 +4,9 @@
 //! keys, then validates every table into [`Experiment`]. Every problem is collected into one
 //! [`Diagnostics`] (file, key, line:column, fix) so the user fixes them all in one go. Problems that need
 //! the expanded matrix (template variables, missing checkpoints per combination) are found by
-//! [`crate::plan::expand`], which is pure and also runs before anything starts.
+//! [`crate::plan::expand`], which is pure and also runs before anything starts. Whether this host has
+//! what the file names (programs, checkpoint and tokenizer files, ports) is [`crate::preflight`]'s job:
+//! a file valid here is valid on the GPU host it is written for.
 
 pub mod diag;
 pub mod expr;
@@ -19,11 +21,12 @@ use indexmap::IndexMap;
 
 pub use diag::{Diagnostic, Diagnostics};
 use diag::{Locator, did_you_mean};
-use load::{DURATION_HELP, LOAD_KEYS, Layered, Vocab};
+use load::{DURATION_HELP, LOAD_KEYS, Layered, MAX_DURATION, Vocab};
 use raw::*;
 pub use scalar::Scalar;
 
 use crate::engine::{Defaults, Preset};
+use crate::secret::{ApiKey, Secrets, looks_secret};
 
 /// A validated experiment. Nothing invalid exists past this point.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct Experiment {
     /// `[load]`: the lowest layer of load settings.
     pub load: IndexMap<String, Layered>,
     pub report: ReportSettings,
+    /// Values never to be shown: those of `${VAR}` whose name looks secret, and every `api_key`.
+    pub secrets: Secrets,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +64,8 @@ pub struct Engine {
     pub version_command: Option<String>,
     /// On a GPU host, how long to wait for GPU memory to be released after a teardown.
     pub gpu_release_timeout: Duration,
+    /// Sent as `Authorization: Bearer …` with every request to the server; never written anywhere.
+    pub api_key: Option<ApiKey>,
     pub defaults: Defaults,
 }
 
@@ -108,7 +115,14 @@ pub struct Model {
     pub load: IndexMap<String, Layered>,
 }
 
+/// Upper bound of `input_tokens`, `output_tokens` and `context_headroom` (ten million: beyond the longest
+/// contexts served today), so that their sum, `max_model_len`, cannot overflow.
+pub const MAX_TOKENS: u32 = 10_000_000;
+/// Upper bound of a concurrency: one socket per stream, and no client keeps more streams than this.
+pub const MAX_CONCURRENCY: i64 = 100_000;
+
 impl Model {
+    /// Cannot overflow: validation bounds each term by [`MAX_TOKENS`].
     pub fn max_model_len(&self) -> u32 {
         self.input_tokens + self.output_tokens + self.context_headroom
     }
@@ -232,11 +246,14 @@ pub fn parse(file: &Path, source: &str) -> Result<Experiment, Diagnostics> {
     let mut v = Validator {
         diags,
         locator: &locator,
+        secrets: Secrets::default(),
     };
     let experiment = v.experiment(file, source, raw);
     if v.diags.is_empty() {
         Ok(experiment)
     } else {
+        // A message may quote a value that came from a secret (`${TOKEN}` in a malformed url).
+        v.diags.redact(&v.secrets);
         Err(v.diags)
     }
 }
@@ -290,6 +307,8 @@ fn unknown_key(diags: &mut Diagnostics, locator: &Locator, path: &[String]) {
 struct Validator<'a> {
     diags: Diagnostics,
     locator: &'a Locator<'a>,
+    /// Secret values met so far (see [`Experiment::secrets`]).
+    secrets: Secrets,
 }
 
 impl Validator<'_> {
@@ -305,7 +324,18 @@ impl Validator<'_> {
     fn duration(&mut self, path: &[&str], value: Option<&String>, default: Duration) -> Duration {
         let Some(text) = value else { return default };
         match humantime::parse_duration(text) {
-            Ok(d) => d,
+            Ok(d) if d <= MAX_DURATION => d,
+            Ok(_) => {
+                self.error(
+                    path,
+                    format!("`{text}` is longer than a week"),
+                    Some(format!(
+                        "write at most \"{}\"",
+                        humantime::format_duration(MAX_DURATION)
+                    )),
+                );
+                default
+            }
             Err(e) => {
                 self.error(
                     path,
@@ -317,7 +347,8 @@ impl Validator<'_> {
         }
     }
 
-    /// Replaces `${VAR}` with the environment variable VAR; an unset variable is an error.
+    /// Replaces `${VAR}` with the environment variable VAR; an unset variable is an error. The value of a
+    /// variable whose name looks secret is remembered, to be hidden wherever it is shown.
     fn expand_env(&mut self, path: &[&str], text: &str) -> String {
         let mut out = String::new();
         let mut rest = text;
@@ -334,7 +365,12 @@ impl Validator<'_> {
             };
             let name = &after[..end];
             match std::env::var(name) {
-                Ok(value) => out.push_str(&value),
+                Ok(value) => {
+                    if looks_secret(name) {
+                        self.secrets.add(&value);
+                    }
+                    out.push_str(&value)
+                }
                 Err(_) => self.error(
                     path,
                     format!("environment variable `{name}` is not set"),
@@ -409,6 +445,7 @@ impl Validator<'_> {
             matrix,
             load,
             report,
+            secrets: self.secrets.clone(),
         }
     }
 
@@ -571,6 +608,21 @@ impl Validator<'_> {
             raw.gpu_release_timeout.as_ref(),
             Duration::from_secs(120),
         );
+        let api_key = match raw.api_key {
+            Some(k) => {
+                let key = self.expand_env(&at("api_key"), &k);
+                if key.trim().is_empty() {
+                    self.error(
+                        &at("api_key"),
+                        "is empty",
+                        Some("write `api_key = \"${OPENAI_API_KEY}\"` (an environment variable), or remove it".into()),
+                    );
+                }
+                self.secrets.add(&key);
+                Some(ApiKey::new(key))
+            }
+            None => None,
+        };
         Engine {
             name: name.to_string(),
             preset,
@@ -582,6 +634,7 @@ impl Validator<'_> {
             metrics_path,
             version_command,
             gpu_release_timeout,
+            api_key,
             defaults: d,
         }
     }
@@ -590,6 +643,16 @@ impl Validator<'_> {
         let mut tokens = |key: &'static str, value: Option<u32>, example: &str| match value {
             Some(0) => {
                 self.error(&["models", id, key], "must be at least 1", None);
+                1
+            }
+            Some(n) if n > MAX_TOKENS => {
+                self.error(
+                    &["models", id, key],
+                    format!("{n} tokens is more than any model serves"),
+                    Some(format!(
+                        "write at most {MAX_TOKENS}; check for an extra digit"
+                    )),
+                );
                 1
             }
             Some(n) => n,
@@ -639,13 +702,14 @@ impl Validator<'_> {
                 )
             })
             .collect();
+        // Whether the file is there is this host's business: the pre-flight checks it.
         let tokenizer = raw.tokenizer.map(|t| {
             let t = PathBuf::from(self.expand_env(&["models", id, "tokenizer"], &t));
-            let file = if t.is_dir() { t.join("tokenizer.json") } else { t };
-            if !file.is_file() {
-                self.error(&["models", id, "tokenizer"], format!("no tokenizer at {}", file.display()), Some("give the model's tokenizer.json (or its directory), or remove `tokenizer` to draw ids from token_id_range".into()));
+            if t.is_dir() {
+                t.join("tokenizer.json")
+            } else {
+                t
             }
-            file
         });
         let id_range = raw.token_id_range.unwrap_or([100, 30000]);
         if id_range[0] >= id_range[1] {
@@ -656,13 +720,25 @@ impl Validator<'_> {
             );
         }
         let load = self.load_layer(&["models", id, "load"], raw.load.unwrap_or_default());
+        let context_headroom = match raw.context_headroom {
+            Some(n) if n > MAX_TOKENS => {
+                self.error(
+                    &["models", id, "context_headroom"],
+                    format!("{n} tokens is more than any model serves"),
+                    Some(format!("write at most {MAX_TOKENS} (the seed used 128)")),
+                );
+                0
+            }
+            Some(n) => n,
+            None => 128,
+        };
         Model {
             id: id.to_string(),
             name: raw.name.unwrap_or_else(|| id.to_string()),
             input_tokens,
             output_tokens,
             served_model_name: raw.served_model_name,
-            context_headroom: raw.context_headroom.unwrap_or(128),
+            context_headroom,
             vocab: Vocab {
                 tokenizer,
                 id_range,
@@ -806,10 +882,10 @@ impl Validator<'_> {
                 "engine" => (engines.keys().map(String::as_str).collect(), "engine"),
                 "precision" => (precisions.clone(), "precision"),
                 "concurrency" => {
-                    if !matches!(value, Scalar::Int(n) if n >= 1) {
+                    if !matches!(value, Scalar::Int(n) if (1..=MAX_CONCURRENCY).contains(&n)) {
                         self.error(
                             &path,
-                            format!("concurrency must be a whole number ≥ 1, found {value}"),
+                            format!("concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, found {value}"),
                             None,
                         );
                     }

@@ -32,6 +32,7 @@ pub const ENGINE_KEYS: &[&str] = &[
     "metrics_path",
     "version_command",
     "gpu_release_timeout",
+    "api_key",
 ];
 pub const MODEL_KEYS: &[&str] = &[
     "name",
@@ -84,6 +85,7 @@ pub struct RawEngine {
     pub metrics_path: Option<String>,
     pub version_command: Option<String>,
     pub gpu_release_timeout: Option<String>,
+    pub api_key: Option<String>,
 }
 
 /// A command is one string (split like a shell would, without running one) or an argv array.

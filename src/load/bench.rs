@@ -153,6 +153,7 @@ async fn start_engine(
         stop_grace: Duration::from_secs(10),
         log_path: dir.join(format!("engine-c{concurrency}.log")),
         gpu_release_timeout: Duration::ZERO,
+        secrets: Default::default(),
     };
     let mut engine = server::start(&spec, &dir.join("engine.pid"))
         .await
@@ -198,6 +199,7 @@ async fn level(
         dialect: Preset::Sim.defaults().dialect,
         metrics_url: None,
         cache_counters: CacheCounters::Vllm,
+        api_key: None,
     };
     let out = run_point(
         client,

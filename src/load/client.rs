@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::prompt::Prompt;
 use crate::engine::Dialect;
+use crate::secret::ApiKey;
 use crate::stats::{ErrorKind, RequestRecord};
 
 /// Error bodies and messages are kept to this many bytes in a record.
@@ -190,6 +191,8 @@ pub struct Call<'a> {
     /// The same client without connection reuse (see [`LoadClient::fresh`]).
     pub fresh: &'a reqwest::Client,
     pub url: &'a str,
+    /// The engine's API key, sent as `Authorization: Bearer …`.
+    pub api_key: Option<&'a ApiKey>,
     /// The point's time origin: every time in the record is relative to it.
     pub t0: Instant,
     pub timeout: Duration,
@@ -248,10 +251,13 @@ async fn stream_into(
     rec: &mut RequestRecord,
 ) -> Result<StreamState, (ErrorKind, String)> {
     let send = |http: &reqwest::Client| {
-        http.post(call.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
+        let mut request = http
+            .post(call.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(key) = call.api_key {
+            request = request.header(reqwest::header::AUTHORIZATION, key.bearer());
+        }
+        request.body(body.clone()).send()
     };
     let mut response = match send(call.http).await {
         // A kept-alive connection the server closed just as we reused it (llama.cpp's HTTP library does

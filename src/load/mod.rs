@@ -28,6 +28,7 @@ pub use client::LoadClient;
 use crate::engine::{CacheCounters, Dialect};
 use crate::experiment::load::LoadSpec;
 use crate::scrape::{self, ServerMetrics};
+use crate::secret::ApiKey;
 use crate::stats::{self, Summary};
 
 /// The server under load.
@@ -41,6 +42,9 @@ pub struct Target {
     /// Full URL of the Prometheus endpoint, if the server has one.
     pub metrics_url: Option<String>,
     pub cache_counters: CacheCounters,
+    /// Sent as `Authorization: Bearer …` with every request and scrape (servers started with
+    /// `--api-key`, endpoints behind a gateway).
+    pub api_key: Option<ApiKey>,
 }
 
 impl Target {
@@ -155,7 +159,7 @@ pub async fn run_point(
         .store(u64::from(spec.requests), Ordering::Relaxed);
 
     let before = match &target.metrics_url {
-        Some(url) => Some(scrape::scrape(client.http(), url).await),
+        Some(url) => Some(scrape::scrape(client.http(), url, target.api_key.as_ref()).await),
         None => None,
     };
 
@@ -169,10 +173,12 @@ pub async fn run_point(
     let server_metrics = match (&target.metrics_url, before) {
         (None, _) => ServerMetrics::missing("the server has no metrics endpoint"),
         (Some(_), Some(Err(e))) => ServerMetrics::missing(format!("{e:#}")),
-        (Some(url), Some(Ok(before))) => match scrape::scrape(client.http(), url).await {
-            Ok(after) => ServerMetrics::between(&before, &after, target.cache_counters),
-            Err(e) => ServerMetrics::missing(format!("{e:#}")),
-        },
+        (Some(url), Some(Ok(before))) => {
+            match scrape::scrape(client.http(), url, target.api_key.as_ref()).await {
+                Ok(after) => ServerMetrics::between(&before, &after, target.cache_counters),
+                Err(e) => ServerMetrics::missing(format!("{e:#}")),
+            }
+        }
         (Some(_), None) => ServerMetrics::missing("not scraped"),
     };
     let summary = stats::summarize(&records, spec, check);

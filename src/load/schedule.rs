@@ -28,6 +28,7 @@ use super::prompt::PromptSource;
 use super::{Progress, Target};
 use crate::engine::Dialect;
 use crate::experiment::load::{Api, LoadSpec};
+use crate::secret::ApiKey;
 use crate::stats::RequestRecord;
 use crate::stats::{ClientCheck, Dist};
 
@@ -46,6 +47,7 @@ struct Shared {
     http: reqwest::Client,
     fresh: reqwest::Client,
     url: String,
+    api_key: Option<ApiKey>,
     model: String,
     dialect: Dialect,
     chat: bool,
@@ -107,6 +109,7 @@ pub async fn drive(
         http: client.http().clone(),
         fresh: client.fresh().clone(),
         url: target.url(chat),
+        api_key: target.api_key.clone(),
         model: target.model.clone(),
         dialect: target.dialect,
         chat,
@@ -202,6 +205,7 @@ async fn one(sh: &Shared, index: u32, warmup: bool, intended: Instant) -> Reques
         http: &sh.http,
         fresh: &sh.fresh,
         url: &sh.url,
+        api_key: sh.api_key.as_ref(),
         t0: sh.t0,
         timeout: sh.timeout,
         input_tokens: sh.input_tokens,

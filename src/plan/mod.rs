@@ -27,12 +27,13 @@ use crate::experiment::load::{self, LOAD_KEYS, Layered, LoadSpec, Workload};
 use crate::experiment::{
     AXES, CommandTemplate, Diagnostic, Diagnostics, Engine, Experiment, Launch, Model, Scalar,
 };
+use crate::secret::{REDACTED, Secrets, looks_secret};
 
 /// Upper bound on cells, so a typo cannot expand into a million-cell night.
 pub const MAX_CELLS: usize = 10_000;
 
 /// Port shown in plans and hashed while the real port is not known yet.
-pub const PORT_PLACEHOLDER: &str = "$PORT";
+pub const PORT_PLACEHOLDER: &str = crate::shell::PORT_PLACEHOLDER;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -91,8 +92,10 @@ pub struct CellPlan {
     pub load: LoadSpec,
 }
 
-/// A server's command and environment after template rendering.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A server's command and environment after template rendering, as the process gets them. Everything
+/// that shows them (plans, records, logs, messages) goes through the redacting views below; `Debug` and
+/// `Serialize` show those views too, so the real values cannot be printed by accident.
+#[derive(Clone, PartialEq)]
 pub struct Rendered {
     /// argv (program first); with `shell`, a single `sh -c` script.
     pub argv: Vec<String>,
@@ -104,6 +107,82 @@ pub struct Rendered {
     pub base_url: String,
     /// The model name sent in requests.
     pub request_model: String,
+    /// The values never shown: the experiment's secrets plus those this command reveals (values of
+    /// secret-looking options, assignments and `env` entries).
+    secrets: Secrets,
+}
+
+impl Rendered {
+    /// `text` with this command's secrets hidden (for messages that quote any part of it).
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.redact(text).into_owned()
+    }
+
+    /// argv with secrets hidden.
+    pub fn shown_argv(&self) -> Vec<String> {
+        self.argv.iter().map(|a| self.redact(a)).collect()
+    }
+
+    /// The command as one line a person could paste into a shell, secrets hidden.
+    pub fn command_line(&self) -> String {
+        crate::shell::shown_command(&self.argv, self.shell, &self.secrets)
+    }
+
+    /// The values this command hides (the server supervisor shows the command too).
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The environment with secrets hidden: the whole value of a secret-looking name, any secret inside
+    /// other values.
+    pub fn shown_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| {
+                let shown = if looks_secret(k) {
+                    REDACTED.to_string()
+                } else {
+                    self.redact(v)
+                };
+                (k.clone(), shown)
+            })
+            .collect()
+    }
+
+    pub fn shown_workdir(&self) -> Option<String> {
+        self.workdir.as_deref().map(|w| self.redact(w))
+    }
+
+    /// The base URL with secrets hidden (a `url = "https://user:${PASSWORD}@host"`).
+    pub fn shown_url(&self) -> String {
+        self.redact(&self.base_url)
+    }
+}
+
+/// The redacted view, never the real values.
+impl Serialize for Rendered {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({
+            "command": self.command_line(),
+            "argv": self.shown_argv(),
+            "shell": self.shell,
+            "env": self.shown_env(),
+            "workdir": self.shown_workdir(),
+            "base_url": self.shown_url(),
+            "request_model": self.request_model,
+        })
+        .serialize(s)
+    }
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendered")
+            .field("command", &self.command_line())
+            .field("env", &self.shown_env())
+            .field("base_url", &self.shown_url())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerPlan {
@@ -116,7 +195,8 @@ impl ServerPlan {
             serde_json::Value::from,
         );
         context["runner"] = serde_json::Value::from(runner_path());
-        render(&exp.engines[&self.engine], &context)
+        render(&exp.engines[&self.engine], &context, &exp.secrets)
+            .map_err(|e| exp.secrets.redact(&e).into_owned())
     }
 
     /// Every variable of a cell of this server: server variables, then the cell's load variables.
@@ -167,21 +247,24 @@ impl Plan {
         self
     }
 
-    /// Every variable name a filter may use.
-    pub fn variable_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
+    /// Every variable name a filter may use, with every value it takes somewhere (as a filter writes
+    /// it), in order of first appearance.
+    pub fn variables(&self) -> IndexMap<String, Vec<String>> {
+        let mut out: IndexMap<String, Vec<String>> = IndexMap::new();
         for s in &self.servers {
-            for (k, _) in s
+            for (k, v) in s
                 .vars
                 .iter()
                 .chain(s.points.iter().flat_map(|c| c.vars.iter()))
             {
-                if !names.contains(k) {
-                    names.push(k.clone());
+                let values = out.entry(k.clone()).or_default();
+                let v = v.to_string();
+                if !values.contains(&v) {
+                    values.push(v);
                 }
             }
         }
-        names
+        out
     }
 }
 
@@ -192,9 +275,11 @@ pub struct Filter {
     pub value: String,
 }
 
-/// Parses `--only` arguments (`k=v,k=v`, repeatable), checking keys against the plan's variables.
+/// Parses `--only` arguments (`k=v,k=v`, repeatable), checking keys and values against the plan's
+/// variables: a value no cell has is a typo, not an empty selection.
 pub fn parse_filters(args: &[String], plan: &Plan) -> Result<Vec<Filter>, String> {
-    let names = plan.variable_names();
+    let variables = plan.variables();
+    let names: Vec<&String> = variables.keys().collect();
     let mut out = Vec::new();
     for arg in args {
         for part in arg.split(',').filter(|p| !p.trim().is_empty()) {
@@ -204,13 +289,22 @@ pub fn parse_filters(args: &[String], plan: &Plan) -> Result<Vec<Filter>, String
                 ));
             };
             let (k, v) = (k.trim(), v.trim());
-            if !names.iter().any(|n| n == k) {
+            let Some(values) = variables.get(k) else {
                 let hint =
-                    crate::experiment::diag::did_you_mean(k, names.iter().map(String::as_str))
-                        .unwrap_or_else(|| format!("variables: {}", names.join(", ")));
+                    crate::experiment::diag::did_you_mean(k, names.iter().map(|n| n.as_str()))
+                        .unwrap_or_else(|| {
+                            let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                            format!("variables: {}", names.join(", "))
+                        });
                 return Err(format!(
                     "--only: no variable `{k}` in this experiment\n  help: {hint}"
                 ));
+            };
+            if !values.iter().any(|x| x == v) {
+                let hint =
+                    crate::experiment::diag::did_you_mean(v, values.iter().map(String::as_str))
+                        .unwrap_or_else(|| format!("{k} takes: {}", values.join(", ")));
+                return Err(format!("--only: no cell has {k} = {v}\n  help: {hint}"));
             }
             out.push(Filter {
                 key: k.to_string(),
@@ -237,6 +331,18 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
         });
     };
 
+    // Sized before it is built: a typo in five lists of forty values must be this message, not an
+    // out-of-memory.
+    let bound = combination_bound(&exp.matrix);
+    if bound.is_none_or(|n| n > MAX_CELLS as u64) {
+        let (message, key) = oversized(&exp.matrix, bound);
+        error(
+            &["matrix", &key],
+            message,
+            Some("narrow the lists (a wrong or pasted list multiplies every other one), or split the campaign into several files".into()),
+        );
+        return Err(diags);
+    }
     let combos = combinations(exp);
     if combos.is_empty() {
         error(
@@ -244,17 +350,6 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             "the matrix expands to no cells".into(),
             Some("check [[matrix.exclude]]: it removes every combination".into()),
         );
-    }
-    if combos.len() > MAX_CELLS {
-        error(
-            &["matrix"],
-            format!(
-                "the matrix expands to {} cells (more than {MAX_CELLS})",
-                combos.len()
-            ),
-            Some("narrow the lists or add [[matrix.exclude]] entries".into()),
-        );
-        return Err(diags);
     }
 
     // Group into servers, preserving first appearance.
@@ -353,9 +448,11 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             &server_vars,
             &id,
         );
-        let display = match render(engine, &context) {
+        let display = match render(engine, &context, &exp.secrets) {
             Ok(r) => r,
             Err(e) => {
+                // A template error may quote the template, in which `${VAR}` is already expanded.
+                let e = exp.secrets.redact(&e).into_owned();
                 if reported.insert(format!("render/{engine_name}/{e}")) {
                     error(
                         &["engines", &engine_name, "command"],
@@ -390,9 +487,12 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             }
         }
 
+        // The redacted form: a rotated token must not invalidate a night's results (and a hash must not
+        // be a way to test guesses of a secret).
         let hash = short_hash(&serde_json::json!({
-            "engine": { "preset": engine.preset, "command": display.argv, "shell": display.shell, "env": display.env,
-                        "workdir": display.workdir, "url": display.base_url },
+            "engine": { "preset": engine.preset, "command": display.shown_argv(), "shell": display.shell,
+                        "env": display.shown_env().into_iter().collect::<IndexMap<_, _>>(),
+                        "workdir": display.shown_workdir(), "url": display.shown_url() },
             "model": { "path": checkpoint.path, "served_model_name": model.served_model_name },
             "vars": server_vars,
         }));
@@ -481,6 +581,63 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
     } else {
         Err(diags)
     }
+}
+
+/// The most combinations [`combinations`] can give, from the list lengths alone: the product of the
+/// lists (before exclusions) plus, per include entry, the product of the lists it does not name (what
+/// it adds when it agrees with no combination). `None` when that does not fit in a u64.
+fn combination_bound(m: &crate::experiment::Matrix) -> Option<u64> {
+    let lists: Vec<(&String, usize)> = m
+        .axes
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.len()))
+        .collect();
+    let product = |skip: &dyn Fn(&String) -> bool| {
+        lists
+            .iter()
+            .filter(|(k, _)| !skip(k))
+            .try_fold(1u64, |acc, (_, n)| acc.checked_mul(*n as u64))
+    };
+    let mut total = if lists.is_empty() {
+        0
+    } else {
+        product(&|_| false)?
+    };
+    for entry in &m.include {
+        total = total.checked_add(product(&|k| entry.contains_key(k))?)?;
+    }
+    Some(total)
+}
+
+/// The message for a matrix over [`MAX_CELLS`], naming each list's length, and the longest list (where
+/// a typo most likely is).
+fn oversized(m: &crate::experiment::Matrix, bound: Option<u64>) -> (String, String) {
+    let sizes: Vec<String> = m
+        .axes
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k} {}", v.len()))
+        .collect();
+    let longest = m
+        .axes
+        .iter()
+        .max_by_key(|(_, v)| v.len())
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default();
+    let count = bound.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+    let includes = if m.include.is_empty() {
+        String::new()
+    } else {
+        " with [[matrix.include]]".to_string()
+    };
+    (
+        format!(
+            "the matrix lists ({}) give up to {count} combinations{includes}, more than {MAX_CELLS}",
+            sizes.join(" × ")
+        ),
+        longest,
+    )
 }
 
 fn combinations(exp: &Experiment) -> Vec<Combo> {
@@ -608,6 +765,12 @@ fn context(
     serde_json::Value::Object(ctx)
 }
 
+/// Whether any template of `engine` (command, env values, version command) uses variable `name`, e.g.
+/// `model.path`.
+pub fn uses_variable(engine: &Engine, name: &str) -> bool {
+    template_text(engine).iter().any(|t| mentions(t, name))
+}
+
 fn template_text(engine: &Engine) -> Vec<&str> {
     let mut out = Vec::new();
     if let Launch::Spawn { command, env, .. } = &engine.launch {
@@ -620,7 +783,8 @@ fn template_text(engine: &Engine) -> Vec<&str> {
     out
 }
 
-/// Whether a template mentions `name` as a whole word inside `{{ }}` or `{% %}`.
+/// Whether a template mentions `name` (a variable, or a dotted path like `model.path`) as a whole word
+/// inside `{{ }}` or `{% %}`.
 fn mentions(template: &str, name: &str) -> bool {
     let mut rest = template;
     while let Some(start) = rest.find(['{']) {
@@ -635,9 +799,10 @@ fn mentions(template: &str, name: &str) -> bool {
         };
         let Some(end) = after.find(close) else { break };
         let inner = &after[1..end];
+        // `model.path` is one word here: `model` matches it, and so does `model.path`, but not `path`.
         if inner
-            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .any(|w| w == name)
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+            .any(|w| w == name || w.strip_prefix(name).is_some_and(|r| r.starts_with('.')))
         {
             return true;
         }
@@ -679,7 +844,11 @@ fn render_one(template: &str, context: &tera::Context) -> Result<String, String>
     })
 }
 
-fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, String> {
+fn render(
+    engine: &Engine,
+    context: &serde_json::Value,
+    secrets: &Secrets,
+) -> Result<Rendered, String> {
     let ctx = tera::Context::from_value(context.clone()).map_err(|e| e.to_string())?;
     let request_model = context["model"]["served_model_name"]
         .as_str()
@@ -704,6 +873,7 @@ fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, Stri
             version_command,
             base_url: url.clone(),
             request_model,
+            secrets: secrets.clone(),
         }),
         Launch::Spawn {
             command,
@@ -718,7 +888,7 @@ fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, Stri
                     if *shell {
                         vec![text]
                     } else {
-                        split_words(&text)?
+                        crate::shell::split(&text)?
                     }
                 }
                 CommandTemplate::Argv(parts) => {
@@ -738,6 +908,20 @@ fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, Stri
                 .map(|(k, v)| Ok((k.clone(), render_one(v, &ctx)?)))
                 .collect::<Result<IndexMap<_, _>, String>>()?;
             let port = context["port"].to_string().trim_matches('"').to_string();
+            let mut secrets = secrets.clone();
+            for (k, v) in &env {
+                if looks_secret(k) {
+                    secrets.add(v);
+                }
+            }
+            if *shell {
+                // Best effort: a script that does not split still has its `${VAR}` secrets hidden.
+                if let Some(words) = crate::shell::words(&argv.join(" ")) {
+                    secrets.add_from_words(&words);
+                }
+            } else {
+                secrets.add_from_words(&argv);
+            }
             Ok(Rendered {
                 argv,
                 shell: *shell,
@@ -746,82 +930,10 @@ fn render(engine: &Engine, context: &serde_json::Value) -> Result<Rendered, Stri
                 version_command,
                 base_url: format!("http://127.0.0.1:{port}"),
                 request_model,
+                secrets,
             })
         }
     }
-}
-
-/// Splits a command line into words like a POSIX shell would (quotes and backslashes), without running
-/// one: no globbing, no variables, no pipes.
-pub fn split_words(line: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(ch) => word.push(ch),
-                        None => return Err("unclosed single quote in command".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(ch @ ('"' | '\\' | '$' | '`')) => word.push(ch),
-                            Some(ch) => {
-                                word.push('\\');
-                                word.push(ch);
-                            }
-                            None => return Err("unclosed double quote in command".into()),
-                        },
-                        Some(ch) => word.push(ch),
-                        None => return Err("unclosed double quote in command".into()),
-                    }
-                }
-            }
-            '\\' => {
-                match chars.next() {
-                    Some('\n') => {} // a line continuation joins lines, it is no word
-                    Some(ch) => {
-                        in_word = true;
-                        word.push(ch);
-                    }
-                    None => return Err("command ends with a backslash".into()),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '|' | '&' | ';' | '<' | '>' | '`' => {
-                return Err(format!(
-                    "`{c}` needs a shell; set `shell = true` on the engine to run the command through `sh -c`"
-                ));
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    if words.is_empty() {
-        return Err("the command renders to nothing".into());
-    }
-    Ok(words)
 }
 
 /// First 12 hex digits of SHA-256 over the canonical JSON of the settings.
@@ -1003,6 +1115,64 @@ requests = 2
                 .contains("did you mean `model`?")
         );
         assert!(parse_filters(&["model".into()], &p).is_err());
+        let err = parse_filters(&["model=m3".into()], &p).unwrap_err();
+        assert!(
+            err.contains("no cell has model = m3") && err.contains("did you mean `m1`?"),
+            "{err}"
+        );
+        let err = parse_filters(&["concurrency=99".into()], &p).unwrap_err();
+        assert!(err.contains("concurrency takes: 1, 4"), "{err}");
+    }
+
+    #[test]
+    fn dotted_variables_are_whole_words() {
+        let exp = crate::experiment::parse(
+            Path::new("t.toml"),
+            &format!("{BASE}\n[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\nconcurrency = [1]\n"),
+        )
+        .unwrap();
+        let (a, b) = (&exp.engines["a"], &exp.engines["b"]);
+        assert!(uses_variable(a, "model.path") && uses_variable(a, "model"));
+        assert!(!uses_variable(a, "path") && !uses_variable(a, "model.id"));
+        assert!(!uses_variable(b, "model.path") && uses_variable(b, "max_model_len"));
+    }
+
+    #[test]
+    fn the_matrix_is_sized_before_it_is_built() {
+        // 40^5 combinations would take many gigabytes to build: the bound refuses it first.
+        let forty: Vec<String> = (1..=40).map(|n| n.to_string()).collect();
+        let list = forty.join(", ");
+        let text = format!(
+            "{BASE}\n[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\ngmu = [{list}]\nkv = [{list}]\nwarmup = [{list}]\nseed = [{list}]\nconcurrency = [{list}]\n"
+        );
+        let exp = crate::experiment::parse(Path::new("t.toml"), &text).unwrap();
+        let err = expand(&exp).unwrap_err().to_string();
+        assert!(
+            err.contains("gmu 40 × kv 40 × warmup 40 × seed 40 × concurrency 40")
+                && err.contains("102400000 combinations"),
+            "{err}"
+        );
+        // The bound is exact without include/exclude and an upper bound with them.
+        let p = plan(
+            "[matrix]\nmodel = [\"m1\", \"m2\"]\nprecision = [\"fp8\"]\nengine = [\"a\", \"b\"]\nconcurrency = [1, 2, 4]\n",
+        );
+        let exp_bound = |matrix: &str| {
+            let text = format!("{BASE}\n{matrix}");
+            let exp = crate::experiment::parse(Path::new("t.toml"), &text).unwrap();
+            (
+                combination_bound(&exp.matrix),
+                combinations(&exp).len() as u64,
+            )
+        };
+        assert_eq!(p.cell_count(), 12);
+        let (bound, built) = exp_bound(
+            "[matrix]\nmodel = [\"m1\", \"m2\"]\nprecision = [\"fp8\"]\nengine = [\"a\", \"b\"]\nconcurrency = [1, 2, 4]\n",
+        );
+        assert_eq!(bound, Some(built));
+        let (bound, built) = exp_bound(
+            "[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\nconcurrency = [1, 2]\n[[matrix.include]]\nmodel = \"m2\"\nengine = \"b\"\n[[matrix.exclude]]\nconcurrency = 2\n",
+        );
+        assert!(bound.is_some_and(|b| b >= built), "{bound:?} {built}");
     }
 
     #[test]
@@ -1022,16 +1192,5 @@ requests = 2
         assert!(
             real.argv.contains(&"8123".to_string()) && real.base_url == "http://127.0.0.1:8123"
         );
-    }
-
-    #[test]
-    fn shell_words() {
-        assert_eq!(
-            split_words(r#"a "b c" 'd e' f\ g"#).unwrap(),
-            ["a", "b c", "d e", "f g"]
-        );
-        assert_eq!(split_words("a \\\n  b").unwrap(), ["a", "b"]);
-        assert!(split_words("a 'b").is_err());
-        assert!(split_words("a | b").unwrap_err().contains("shell = true"));
     }
 }

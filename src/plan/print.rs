@@ -1,6 +1,7 @@
 //! `runner plan` output: a readable listing for people and `--json` for scripts. Both show exactly what
 //! `runner run` will do, in the same order, with each cell's status (which the caller reads from the
-//! results directory).
+//! results directory). Commands, environments and URLs are shown only through [`Rendered`]'s redacting
+//! views: no secret reaches either output.
 
 use std::io::{self, Write};
 
@@ -11,61 +12,15 @@ use super::{Plan, Rendered};
 use crate::experiment::Experiment;
 use crate::experiment::load::PromptMode;
 
-/// Environment variable names whose values never appear in plans, logs or results.
-pub fn is_secret(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    [
-        "TOKEN",
-        "KEY",
-        "SECRET",
-        "PASSWORD",
-        "PASSWD",
-        "CREDENTIAL",
-        "AUTH",
-    ]
-    .iter()
-    .any(|s| upper.contains(s))
-}
-
-/// The environment with secret values replaced by `<redacted>`.
+/// The environment with secrets hidden (see [`Rendered::shown_env`]).
 pub fn redacted_env(r: &Rendered) -> Vec<(String, String)> {
-    r.env
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                if is_secret(k) {
-                    "<redacted>".to_string()
-                } else {
-                    v.clone()
-                },
-            )
-        })
-        .collect()
+    r.shown_env()
 }
 
-/// The command as one line a person could paste into a shell.
+/// The command as one line a person could paste into a shell, secrets hidden (see
+/// [`Rendered::command_line`]).
 pub fn command_line(r: &Rendered) -> String {
-    if r.shell {
-        return format!("sh -c {}", quote(&r.argv.join(" ")));
-    }
-    r.argv
-        .iter()
-        .map(|a| quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%$".contains(c) || !c.is_ascii());
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
+    r.command_line()
 }
 
 /// `status` tells each cell's state (the store reads it from the results directory).
@@ -93,15 +48,15 @@ pub fn text(
             writeln!(
                 out,
                 "  url:      {} (already running: not started or stopped)",
-                server.display.base_url
+                server.display.shown_url()
             )?;
         } else {
-            writeln!(out, "  command:  {}", command_line(&server.display))?;
+            writeln!(out, "  command:  {}", server.display.command_line())?;
         }
-        for (k, v) in redacted_env(&server.display) {
+        for (k, v) in server.display.shown_env() {
             writeln!(out, "  env:      {k}={v}")?;
         }
-        if let Some(w) = &server.display.workdir {
+        if let Some(w) = server.display.shown_workdir() {
             writeln!(out, "  workdir:  {w}")?;
         }
         writeln!(
@@ -183,9 +138,9 @@ struct JsonServer<'a> {
     precision: &'a str,
     vars: &'a indexmap::IndexMap<String, crate::experiment::Scalar>,
     command: String,
-    argv: &'a [String],
+    argv: Vec<String>,
     env: Vec<(String, String)>,
-    base_url: &'a str,
+    base_url: String,
     cells: Vec<JsonCell<'a>>,
 }
 
@@ -205,12 +160,13 @@ struct JsonTotals {
     requests: u64,
 }
 
-pub fn json(
-    out: &mut impl Write,
+/// The plan for scripts, as a JSON document the caller may extend (`runner plan --json` adds the
+/// pre-flight findings).
+pub fn json_value(
     exp: &Experiment,
     plan: &Plan,
     status: &dyn Fn(&CellPlan) -> CellStatus,
-) -> io::Result<()> {
+) -> serde_json::Result<serde_json::Value> {
     let doc = JsonPlan {
         title: &exp.title,
         file: exp.file.display().to_string(),
@@ -225,10 +181,10 @@ pub fn json(
                 model: &s.model,
                 precision: &s.precision,
                 vars: &s.vars,
-                command: command_line(&s.display),
-                argv: &s.display.argv,
-                env: redacted_env(&s.display),
-                base_url: &s.display.base_url,
+                command: s.display.command_line(),
+                argv: s.display.shown_argv(),
+                env: s.display.shown_env(),
+                base_url: s.display.shown_url(),
                 cells: s
                     .points
                     .iter()
@@ -248,6 +204,5 @@ pub fn json(
             requests: plan.request_count(),
         },
     };
-    serde_json::to_writer_pretty(&mut *out, &doc)?;
-    writeln!(out)
+    serde_json::to_value(&doc)
 }

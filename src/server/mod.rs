@@ -78,6 +78,10 @@ pub struct SmokeRequest {
     /// Path below the base URL, e.g. `/v1/completions`.
     pub path: String,
     pub body: serde_json::Value,
+    /// Sent as `Authorization: Bearer …` (a server started with `--api-key` refuses the request
+    /// without it). Readiness polls go without: the engines serve their health endpoint to anyone.
+    #[serde(skip)]
+    pub api_key: Option<crate::secret::ApiKey>,
 }
 
 impl SmokeRequest {
@@ -92,7 +96,13 @@ impl SmokeRequest {
                 "temperature": 0,
                 "stream": false,
             }),
+            api_key: None,
         }
+    }
+
+    pub fn with_api_key(mut self, key: Option<crate::secret::ApiKey>) -> SmokeRequest {
+        self.api_key = key;
+        self
     }
 }
 
@@ -103,6 +113,8 @@ pub struct ServerSpec {
     pub id: String,
     /// Program and arguments; with `shell`, the words are joined into one `sh -c` script.
     pub argv: Vec<String>,
+    /// Values hidden wherever the command is shown (log header, messages); `argv` is what runs.
+    pub secrets: crate::secret::Secrets,
     pub shell: bool,
     /// Added to the runner's own environment.
     pub env: Vec<(String, String)>,
@@ -123,17 +135,9 @@ pub struct ServerSpec {
 }
 
 impl ServerSpec {
-    /// The command as a person would type it (for messages and records).
+    /// The command as a person would type it, secrets redacted (for messages and the log header).
     pub fn command_line(&self) -> String {
-        if self.shell {
-            format!("sh -c {}", quote(&self.argv.join(" ")))
-        } else {
-            self.argv
-                .iter()
-                .map(|a| quote(a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
+        crate::shell::shown_command(&self.argv, self.shell, &self.secrets)
     }
 
     fn url(&self, path: &str) -> String {
@@ -147,19 +151,6 @@ fn join_url(base: &str, path: &str) -> String {
         base.trim_end_matches('/'),
         path.trim_start_matches('/')
     )
-}
-
-/// Quotes a word for display when the shell would split or interpret it.
-fn quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%{}".contains(c));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 /// A server declared ready.
@@ -519,13 +510,11 @@ impl Readiness<'_> {
         let url = join_url(self.base_url, &smoke.path);
         let started = Instant::now();
         let fail = |reason: String| (url.clone(), reason);
-        let resp = self
-            .client
-            .post(&url)
-            .json(&smoke.body)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let mut request = self.client.post(&url).json(&smoke.body);
+        if let Some(key) = &smoke.api_key {
+            request = request.header(reqwest::header::AUTHORIZATION, key.bearer());
+        }
+        let resp = request.send().await.map_err(|e| fail(e.to_string()))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| fail(e.to_string()))?;
         if !status.is_success() {
@@ -790,15 +779,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_line_quotes_what_a_shell_would_split() {
-        let mut spec = ServerSpec {
+    fn command_line_hides_secrets_and_urls_join() {
+        let mut secrets = crate::secret::Secrets::default();
+        secrets.add("sk-1");
+        let spec = ServerSpec {
             id: "s".into(),
-            argv: vec![
-                "vllm".into(),
-                "serve".into(),
-                "/m/My Model".into(),
-                "--x=1".into(),
-            ],
+            argv: vec!["vllm".into(), "--api-key".into(), "sk-1".into()],
+            secrets,
             shell: false,
             env: vec![],
             workdir: None,
@@ -811,11 +798,8 @@ mod tests {
             log_path: "l".into(),
             gpu_release_timeout: Duration::ZERO,
         };
-        assert_eq!(spec.command_line(), "vllm serve '/m/My Model' --x=1");
+        assert_eq!(spec.command_line(), "vllm --api-key '<redacted>'");
         assert_eq!(spec.url(&spec.ready_path), "http://127.0.0.1:1/health");
-        spec.shell = true;
-        spec.argv = vec!["cd /x && exec it's".into()];
-        assert_eq!(spec.command_line(), r"sh -c 'cd /x && exec it'\''s'");
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub struct SimArgs {
     /// Write one JSON line per request with the scheduled and actual send instants of each chunk.
     #[arg(long, value_name = "FILE", help_heading = "Server")]
     pub timing_log: Option<PathBuf>,
+    /// Like vLLM's `--api-key`: requests to /v1/… without `Authorization: Bearer KEY` get 401
+    /// (/health and /metrics stay open).
+    #[arg(long, value_name = "KEY", help_heading = "Server")]
+    pub api_key: Option<String>,
 
     /// The model name to serve; requests naming another model get 404 (unset: any name is accepted and
     /// /v1/models lists "sim").
@@ -291,6 +295,8 @@ pub struct SimConfig {
     pub cache_blocks: usize,
     pub timing: Timing,
     pub timing_log: Option<PathBuf>,
+    /// Required as a bearer token on /v1/… routes.
+    pub api_key: Option<String>,
     pub faults: Faults,
 }
 
@@ -322,6 +328,7 @@ impl Default for SimConfig {
             cache_blocks: CACHE_BLOCKS,
             timing: Timing::Batching,
             timing_log: None,
+            api_key: None,
             faults: Faults {
                 cut_stream_rate: 1.0,
                 ..Faults::default()
@@ -431,6 +438,7 @@ impl TryFrom<&SimArgs> for SimConfig {
                 Timing::Batching
             },
             timing_log: a.timing_log.clone(),
+            api_key: a.api_key.clone(),
             faults: Faults {
                 fail_rate: a.faults.fail_rate,
                 cut_stream_after: a.faults.cut_stream_after,

@@ -148,8 +148,37 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/reset_prefix_cache", post(reset_prefix_cache))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_api_key,
+        ))
         .layer(axum::middleware::from_fn(stamp_arrival))
         .with_state(shared)
+}
+
+/// With `--api-key`, the /v1 routes need `Authorization: Bearer KEY`, as vLLM's do.
+async fn require_api_key(
+    State(s): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(key) = &s.cfg.api_key
+        && request.uri().path().starts_with("/v1")
+    {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {key}").as_str()) {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                kind: "AuthenticationError",
+                message: "missing or wrong API key".into(),
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn health(State(s): State<Arc<Shared>>) -> StatusCode {
