@@ -62,6 +62,11 @@ impl Secrets {
         self.0.is_empty()
     }
 
+    /// Length in bytes of the longest secret (0 without any).
+    pub fn longest(&self) -> usize {
+        self.0.iter().map(String::len).max().unwrap_or(0)
+    }
+
     /// Adds the values that secret-looking options and assignments give among command words:
     /// `--api-key X`, `--api-key=X`, `HF_TOKEN=X`. The word after a secret-looking option is taken as its
     /// value unless it is itself an option.

@@ -20,7 +20,8 @@ const API_KEY: &str = "sk-api-key-value-4711";
 
 /// Two simulated engines, one started directly and one through `sh -c`, given the token and the API key
 /// in every way a file can: `${VAR}` in the command, an assignment, `--api-key X`, `--api-key=X`, a
-/// secret `env` entry, and `api_key`.
+/// secret `env` entry, and `api_key`. The second prints both secrets first, as vLLM logs its arguments:
+/// its log must still not show them.
 const EXPERIMENT: &str = r#"
 title = "secrets"
 results_dir = "results/secrets"
@@ -33,7 +34,7 @@ api_key = "${RUNNER_TEST_SECRET_TOKEN}"
 [engines.sim-sh]
 preset = "sim"
 shell = true
-command = "HF_TOKEN=${RUNNER_TEST_SECRET_TOKEN} exec {{ runner }} sim --port {{ port }} --startup-delay 0 --api-key=${RUNNER_TEST_API_KEY}"
+command = "echo engine args: ${RUNNER_TEST_API_KEY} $HF_TOKEN; HF_TOKEN=${RUNNER_TEST_SECRET_TOKEN} exec {{ runner }} sim --port {{ port }} --startup-delay 0 --api-key=${RUNNER_TEST_API_KEY}"
 api_key = "${RUNNER_TEST_API_KEY}"
 [engines.sim-sh.env]
 HF_TOKEN = "${RUNNER_TEST_SECRET_TOKEN}"
@@ -143,6 +144,10 @@ fn no_secret_reaches_any_output_or_result_file() {
             .is_some_and(|c| c.contains("--api-key '<redacted>'")),
         "{server}"
     );
+    // The engine that printed its secrets did print them: its log shows where they were.
+    let log = std::fs::read_to_string(results.join("servers/tiny/fp8/sim-sh/server.log"))
+        .expect("server.log");
+    assert!(log.contains("engine args: <redacted> <redacted>"), "{log}");
 }
 
 #[test]

@@ -5,10 +5,22 @@
 //! output written just before a crash is on disk when we read the tail, and a runner killed hard leaves
 //! no broken pipe behind to kill the engine's workers. The in-memory tail for error messages is therefore
 //! read back from the end of the file, limited to what this start appended.
+//!
+//! One exception: a command that carries secrets (an `--api-key`, a `${HF_TOKEN}`) may make the engine print
+//! them (vLLM logs its arguments). Its output then goes through a pipe to a copier thread that hides every
+//! secret before the bytes reach the file ([`Output::redacting`]). The thread is a plain OS thread, so a
+//! busy runtime never slows it; the price is the pipe: an engine whose runner was killed hard gets EPIPE
+//! on its next write (the next run's stale-server cleanup stops it either way).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::secret::Secrets;
 
 /// How many lines an error message carries.
 pub const TAIL_LINES: usize = 50;
@@ -28,6 +40,108 @@ pub fn open(path: &Path, header: &str) -> io::Result<(File, u64)> {
     file.flush()?;
     let start = file.metadata()?.len();
     Ok((file, start))
+}
+
+/// Where a server's stdout and stderr go.
+pub struct Output {
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+    /// Set once the copier (if any) has written everything the server's processes wrote.
+    drained: Option<Arc<AtomicBool>>,
+}
+
+impl Output {
+    /// Straight into the log file (no secrets to hide).
+    pub fn direct(log: File) -> io::Result<Output> {
+        let stderr = log.try_clone()?;
+        Ok(Output {
+            stdout: Stdio::from(log),
+            stderr: Stdio::from(stderr),
+            drained: None,
+        })
+    }
+
+    /// Through a pipe and a copier thread that replaces every secret before it reaches `log`.
+    pub fn redacting(log: File, secrets: &Secrets) -> io::Result<Output> {
+        let (reader, writer) = io::pipe()?;
+        let stderr = writer.try_clone()?;
+        let drained = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&drained);
+        let secrets = secrets.clone();
+        std::thread::Builder::new()
+            .name("server-log".into())
+            .spawn(move || {
+                // A failing log disk loses log lines, never the server: keep reading either way.
+                let _ = copy_redacted(reader, log, &secrets);
+                done.store(true, Ordering::SeqCst);
+            })?;
+        Ok(Output {
+            stdout: Stdio::from(writer),
+            stderr: Stdio::from(stderr),
+            drained: Some(drained),
+        })
+    }
+
+    /// A handle that tells whether everything written so far reached the file.
+    pub fn drained(&self) -> LogDrain {
+        LogDrain(self.drained.clone())
+    }
+}
+
+/// Whether a server's output has all reached its log file (always, without a copier).
+#[derive(Debug, Clone, Default)]
+pub struct LogDrain(Option<Arc<AtomicBool>>);
+
+impl LogDrain {
+    /// Waits (at most `limit`) until the copier has written everything, once the server's processes are
+    /// gone: the tail of an engine that just died is then complete.
+    pub fn wait(&self, limit: Duration) {
+        let Some(done) = &self.0 else { return };
+        let deadline = Instant::now() + limit;
+        while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Longest partial line kept back waiting for its newline; longer ones are written in pieces.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// Copies `input` to `log` line by line with every secret replaced. A secret split across two reads is
+/// still found: only complete lines are written, or, for an endless line, all but a tail as long as the
+/// longest secret.
+fn copy_redacted(mut input: impl Read, mut log: impl Write, secrets: &Secrets) -> io::Result<()> {
+    let keep = secrets.longest();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut cut = pending.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
+        if cut.is_none() && pending.len() > MAX_PENDING {
+            // Back up to a character boundary (a UTF-8 continuation byte is 0b10xx_xxxx).
+            let mut at = pending.len().saturating_sub(keep);
+            while at > 0 && pending[at] & 0xC0 == 0x80 {
+                at -= 1;
+            }
+            cut = Some(at);
+        }
+        if let Some(cut) = cut {
+            let text = String::from_utf8_lossy(&pending[..cut]);
+            log.write_all(secrets.redact(&text).as_bytes())?;
+            pending.drain(..cut);
+        }
+    }
+    if !pending.is_empty() {
+        let text = String::from_utf8_lossy(&pending);
+        log.write_all(secrets.redact(&text).as_bytes())?;
+    }
+    Ok(())
 }
 
 /// The last `TAIL_LINES` lines written at or after byte `since`, oldest first. Carriage returns end a
@@ -90,6 +204,56 @@ mod tests {
         assert_eq!(lines[1], "loading 90%");
         assert_eq!(lines[2].chars().count(), MAX_LINE_CHARS + 1);
         assert_eq!(lines.len(), 3);
+    }
+
+    #[test]
+    fn the_copier_hides_secrets_split_across_reads_and_endless_lines() {
+        let mut secrets = Secrets::default();
+        secrets.add("hf_SECRETvalue");
+        // One byte per read: every secret is split across reads.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some((first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = *first;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let text = "args: {'api_key': 'hf_SECRETvalue'}\nnext hf_SECRETvalue";
+        let mut out = Vec::new();
+        copy_redacted(Trickle(text.as_bytes()), &mut out, &secrets).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "args: {'api_key': '<redacted>'}\nnext <redacted>"
+        );
+        // A line longer than the pending limit, with the secret across the flush point.
+        let long = format!(
+            "{}hf_SECRETvalue{}\n",
+            "é".repeat(MAX_PENDING / 2 - 3),
+            "x".repeat(10)
+        );
+        let mut out = Vec::new();
+        copy_redacted(
+            long.as_bytes()
+                .chunks(4096)
+                .flatten()
+                .copied()
+                .collect::<Vec<u8>>()
+                .as_slice(),
+            &mut out,
+            &secrets,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            !out.contains("hf_SECRET") && out.contains("<redacted>"),
+            "{}",
+            &out[out.len() - 40..]
+        );
+        assert!(!out.contains('\u{FFFD}'), "no character was cut in half");
     }
 
     #[test]

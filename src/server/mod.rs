@@ -68,6 +68,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 /// After SIGKILL, how long we wait for the group to vanish (only uninterruptible sleep delays it).
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a tail read after an exit waits for the log copier (only with secrets to hide).
+const LOG_DRAIN_WAIT: Duration = Duration::from_millis(500);
 /// After the group is gone, how long the kernel may take to release the listening socket.
 const PORT_WAIT: Duration = Duration::from_secs(10);
 
@@ -293,6 +295,8 @@ pub struct RunningServer {
     leader_start_ticks: u64,
     pid_file: PathBuf,
     log_since: u64,
+    /// Whether the server's output has reached the log (a copier thread may sit in between).
+    log_drain: logs::LogDrain,
     started: Instant,
     client: reqwest::Client,
     gpu: Option<GpuProbe>,
@@ -344,9 +348,15 @@ pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, 
         "could not open the server log {}",
         spec.log_path.display()
     )))?;
-    let stderr_log = log
-        .try_clone()
-        .map_err(io_err("could not share the server log".into()))?;
+    let output = if spec.secrets.is_empty() {
+        logs::Output::direct(log)
+    } else {
+        logs::Output::redacting(log, &spec.secrets)
+    }
+    .map_err(io_err(
+        "could not connect the server's output to its log".into(),
+    ))?;
+    let log_drain = output.drained();
 
     // The memory in use before the server exists is what "released" means after it is gone.
     let gpu = GpuProbe::find();
@@ -372,8 +382,8 @@ pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, 
     };
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(stderr_log))
+        .stdout(output.stdout)
+        .stderr(output.stderr)
         .kill_on_drop(false);
     if let Some(dir) = &spec.workdir {
         cmd.current_dir(dir);
@@ -414,6 +424,7 @@ pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, 
         leader_start_ticks: record.server_start_ticks,
         pid_file: pid_file.to_path_buf(),
         log_since,
+        log_drain,
         started: Instant::now(),
         client,
         gpu,
@@ -625,7 +636,12 @@ impl RunningServer {
             last_seen: Mutex::new("no answer yet".into()),
         };
         let log_path = Some(self.spec.log_path.as_path());
-        let tail = || logs::tail(&self.spec.log_path, self.log_since);
+        let drain = self.log_drain.clone();
+        let tail = || {
+            // The server's processes are gone or going: give its last words time to reach the file.
+            drain.wait(LOG_DRAIN_WAIT);
+            logs::tail(&self.spec.log_path, self.log_since)
+        };
         let deadline = tokio::time::Instant::from_std(self.started + self.spec.ready_timeout);
         tokio::select! {
             biased;
