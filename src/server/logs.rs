@@ -63,7 +63,11 @@ impl Output {
 
     /// Through a pipe and a copier thread that replaces every secret before it reaches `log`.
     pub fn redacting(log: File, secrets: &Secrets) -> io::Result<Output> {
-        let (reader, writer) = io::pipe()?;
+        // Close-on-exec: only this server gets the write end (as its stdout and stderr); another process
+        // spawned meanwhile must not inherit it and keep the copier from ever seeing the end.
+        let (reader, writer) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let (reader, writer) = (File::from(reader), File::from(writer));
         let stderr = writer.try_clone()?;
         let drained = Arc::new(AtomicBool::new(false));
         let done = Arc::clone(&drained);
