@@ -692,3 +692,26 @@ fn cell_line(c: &CellResult) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_404_points_suggest_the_served_model_name() {
+        let errors = BTreeMap::from([("http_404".to_string(), 12u64)]);
+        let reason = no_success_reason(&errors, "/models/q14", "qwen3-14b");
+        assert!(
+            reason.starts_with("no request succeeded (http_404 ×12)"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("`/models/q14`")
+                && reason.contains("served_model_name")
+                && reason.contains("[models.qwen3-14b]"),
+            "{reason}"
+        );
+        let mixed = BTreeMap::from([("http_404".to_string(), 1u64), ("timeout".to_string(), 2)]);
+        assert!(!no_success_reason(&mixed, "m", "x").contains("served_model_name"));
+    }
+}
