@@ -321,6 +321,45 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_delivers_lines_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let smi = fake(dir.path());
+        std::fs::write(
+            dir.path().join("lms"),
+            "TS, 0, GPU-a, 100\nTS, 1, GPU-b, 200\n",
+        )
+        .unwrap();
+        let mut stream = smi
+            .stream(&["timestamp", "index"], Duration::from_millis(250))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let lines = stream.take();
+        assert!(lines.len() >= 4, "{lines:?}");
+        assert!(lines[1].1.contains(", 1, GPU-b, 200"), "{lines:?}");
+        assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert_eq!(stream.ended(), None, "still running");
+        drop(stream); // kills the group: the test would hang on a leaked loop otherwise
+    }
+
+    #[test]
+    fn a_stream_that_ends_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let smi = fake(dir.path()); // no `lms` file: the fake's sed fails and it exits
+        let mut stream = smi
+            .stream(&["timestamp"], Duration::from_millis(250))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let why = loop {
+            if let Some(why) = stream.ended() {
+                break why;
+            }
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(why.contains("ended (exit code 1)"), "{why}");
+    }
+
+    #[test]
     fn a_missing_program_answers_nothing() {
         let smi = Smi::with_program("/nonexistent/nvidia-smi");
         assert_eq!(smi.memory_used(), None);

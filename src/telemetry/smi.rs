@@ -190,6 +190,54 @@ pub fn parse_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// The fake `nvidia-smi` (see `crate::gpu`'s tests), printing `lines` with the current timestamp.
+    fn fake(dir: &Path, lines: &str) -> Smi {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-nvidia-smi");
+        let link = dir.join("nvidia-smi");
+        std::os::unix::fs::symlink(script, &link).unwrap();
+        std::fs::write(dir.join("lms"), lines).unwrap();
+        Smi::with_program(link)
+    }
+
+    const TWO_GPUS: &str = "TS, 0, GPU-aaa, 150, 80, 1000, 81559, 1900, 55, 0x0000000000000000\n\
+                            TS, 1, GPU-bbb, 250, 95, 2000, 81559, 1950, 65, 0x0000000000000004\n";
+
+    #[test]
+    fn the_source_streams_the_servers_gpus_with_their_own_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let smi = fake(dir.path(), TWO_GPUS);
+        let set = Selection::Ids(vec!["GPU-bbb".into()]);
+        let mut source = SmiSource::open(smi, &set).unwrap();
+        assert_eq!(source.devices().len(), 1);
+        assert_eq!(source.devices()[0].index, 1, "the UUID picks GPU 1");
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_millis(800));
+        let samples = source.poll();
+        assert!(samples.len() >= 2, "{samples:?}");
+        assert!(
+            samples
+                .iter()
+                .all(|(_, s)| s.gpu == 1 && s.power_w == Some(250.0))
+        );
+        // Placed by the tool's own (millisecond) timestamps, which agree with the read times.
+        for (at, _) in &samples {
+            let since = at.saturating_duration_since(start);
+            assert!(since < Duration::from_secs(2), "{since:?}");
+        }
+        assert_eq!(source.ended(), None);
+    }
+
+    #[test]
+    fn a_gpu_it_does_not_list_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let smi = fake(dir.path(), TWO_GPUS);
+        let err = SmiSource::open(smi, &Selection::Ids(vec!["7".into()]))
+            .err()
+            .unwrap();
+        assert!(err.contains("names `7`"), "{err}");
+    }
 
     #[test]
     fn lines_parse_with_missing_values() {
