@@ -348,7 +348,9 @@ async fn run_server(
             group.as_ref(),
         )
         .await;
-        let recorded = window.finish(outcome.as_ref().ok()).await;
+        let recorded = window
+            .finish(outcome.as_ref().ok().map(|p| (p.t0, p.records.as_slice())))
+            .await;
         drop(bar);
         // A server that died under load invalidates the point, whatever the client saw.
         let exited = running.as_mut().and_then(|r| r.exit_status());

@@ -35,7 +35,7 @@ pub use source::{Availability, DeviceInfo, GpuSource, SourceKind, availability};
 pub use summary::{EnergyMethod, GpuFigures, GpuTelemetry};
 pub use timeline::{MetricsEndpoint, ServerSample, ServerTimeline};
 
-use crate::load::PointOutcome;
+use crate::stats::RequestRecord;
 
 /// One GPU at one instant: a line of `gpu.jsonl`. A field the source could not read is absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -177,9 +177,10 @@ impl Window {
         }
     }
 
-    /// Stops sampling and summarizes the measured phase of `point` (nothing to summarize without one:
-    /// the point failed or was interrupted).
-    pub async fn finish(self, point: Option<&PointOutcome>) -> Recorded {
+    /// Stops sampling and summarizes the measured phase of a load point: the instant its records' times
+    /// count from, and its records (nothing to summarize without them: the point failed or was
+    /// interrupted).
+    pub async fn finish(self, point: Option<(Instant, &[RequestRecord])>) -> Recorded {
         let gpu_run = match self.gpu {
             Ok((stop, thread)) => {
                 let _ = stop.send(());
@@ -194,14 +195,14 @@ impl Window {
             Some(sampler) => Some(sampler.finish().await),
             None => None,
         };
-        let Some(point) = point else {
+        let Some((t0, records)) = point else {
             return Recorded::default();
         };
-        let on_clock = |at: Instant| match at.checked_duration_since(point.t0) {
+        let on_clock = |at: Instant| match at.checked_duration_since(t0) {
             Some(d) => d.as_secs_f64() * 1000.0,
-            None => -(point.t0.duration_since(at).as_secs_f64() * 1000.0),
+            None => -(t0.duration_since(at).as_secs_f64() * 1000.0),
         };
-        let span = crate::stats::measured_span(&point.records);
+        let span = crate::stats::measured_span(records);
         let mut recorded = Recorded::default();
         let t = &mut recorded.telemetry;
 
@@ -296,20 +297,13 @@ mod tests {
         }
     }
 
-    fn point(t0: Instant, end_ms: f64) -> PointOutcome {
-        let record = crate::stats::RequestRecord {
+    fn records(end_ms: f64) -> Vec<RequestRecord> {
+        vec![RequestRecord {
             intended_ms: 0.0,
             sent_ms: 0.0,
             end_ms,
             ..Default::default()
-        };
-        PointOutcome {
-            records: vec![record],
-            summary: crate::stats::Summary::default(),
-            server_metrics: crate::scrape::ServerMetrics::default(),
-            t0,
-            prompts: None,
-        }
+        }]
     }
 
     #[tokio::test]
@@ -334,8 +328,7 @@ mod tests {
         });
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_millis(900)).await;
-        let p = point(t0, 800.0);
-        let rec = window.finish(Some(&p)).await;
+        let rec = window.finish(Some((t0, &records(800.0)))).await;
         let gpu = rec.telemetry.gpu.expect("telemetry from the fake");
         assert_eq!(gpu.source, SourceKind::Fake);
         assert!(rec.gpu_samples.len() >= 4, "{}", rec.gpu_samples.len());
@@ -356,7 +349,7 @@ mod tests {
         };
         let window = Window::start_with(&subject, |_| Err("no NVML and no nvidia-smi".into()));
         let t0 = Instant::now();
-        let rec = window.finish(Some(&point(t0, 10.0))).await;
+        let rec = window.finish(Some((t0, &records(10.0)))).await;
         let t = &rec.telemetry;
         assert!(t.gpu.is_none());
         assert_eq!(t.gpu_note.as_deref(), Some("no NVML and no nvidia-smi"));
