@@ -107,11 +107,13 @@ pub fn plan(file: &Path, only: &[String], json: bool) -> anyhow::Result<i32> {
     let store = Store::new(&exp.results_dir);
     // The same checks a run makes first, shown, not enforced: a plan is also read away from the host.
     let checks = preflight::check(&exp, &plan);
+    let telemetry = crate::telemetry::availability();
     let mut out = std::io::stdout().lock();
     let written = if json {
         let doc = crate::plan::print::json_value(&exp, &plan, &|c| store.cell_status(c))
             .and_then(|mut doc| {
                 doc["preflight"] = serde_json::to_value(&checks.findings)?;
+                doc["telemetry"] = serde_json::to_value(&telemetry)?;
                 Ok(doc)
             })
             .context("building the plan's JSON")?;
@@ -120,6 +122,7 @@ pub fn plan(file: &Path, only: &[String], json: bool) -> anyhow::Result<i32> {
             .and_then(|()| writeln!(out))
     } else {
         crate::plan::print::text(&mut out, &exp, &plan, &|c| store.cell_status(c))
+            .and_then(|()| crate::plan::print::telemetry_text(&mut out, &exp, &telemetry))
             .and_then(|()| write!(out, "\n{checks}"))
     };
     quiet_when_closed(written).context("writing the plan to stdout")?;

@@ -1,14 +1,23 @@
 //! What `nvidia-smi` says about this host's GPUs: their names, memory and driver (for the environment
-//! record), the memory each uses and which processes hold it (for the GPU-release wait after a teardown).
-//! The one place that runs `nvidia-smi`.
+//! record), the memory each uses and which processes hold it (for the GPU-release wait after a teardown),
+//! and a stream of samples while a load point runs (for telemetry where NVML cannot load). The one place
+//! that runs `nvidia-smi`.
 //!
 //! Invariants: every query is bounded in time (see [`crate::tool`]) and blocks its thread (async callers
 //! use `spawn_blocking`); a host without `nvidia-smi` simply has no [`Smi`]; values the tool prints as
-//! `[N/A]` are `None`, never a made-up number.
+//! `[N/A]` are `None`, never a made-up number. A sampling stream ([`SmiStream`]) runs in a process group
+//! of its own that is killed when the stream is dropped, so it never outlives its load point.
 
 use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, Read};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +117,67 @@ impl Smi {
             .collect()
     }
 
+    /// One `--query-gpu=FIELDS --format=csv,noheader,nounits` answer: a line per GPU, fields in the order
+    /// asked.
+    pub fn query_gpu(&self, fields: &[&str]) -> Result<String, ToolError> {
+        let query = format!("--query-gpu={}", fields.join(","));
+        self.query(&[&query, "--format=csv,noheader,nounits"])
+    }
+
+    /// Starts `nvidia-smi --query-gpu=FIELDS --format=csv,noheader,nounits -lms INTERVAL`: one line per
+    /// GPU every interval, read on a thread of its own as the tool prints them.
+    pub fn stream(&self, fields: &[&str], interval: Duration) -> Result<SmiStream, ToolError> {
+        let name = self
+            .program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "nvidia-smi".into());
+        let mut command = Command::new(&self.program);
+        command
+            .arg(format!("--query-gpu={}", fields.join(",")))
+            .arg("--format=csv,noheader,nounits")
+            .arg("-lms")
+            .arg(interval.as_millis().max(1).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group: dropping the stream kills whatever it started too.
+            .process_group(0);
+        if let Some(path) = &self.path {
+            command.env("PATH", path);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| ToolError(format!("{name} could not start: {e}")))?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take();
+        std::thread::spawn(move || {
+            let Some(stdout) = stdout else { return };
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let (err_tx, stderr) = std::sync::mpsc::channel();
+        let err_pipe = child.stderr.take();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(pipe) = err_pipe {
+                // A few lines at most: the tool's complaint about a field or the driver.
+                let _ = pipe.take(4096).read_to_string(&mut text);
+            }
+            let _ = err_tx.send(text);
+        });
+        Ok(SmiStream {
+            name,
+            child,
+            lines,
+            stderr,
+        })
+    }
+
     /// Pids of processes holding GPU memory.
     pub fn compute_pids(&self) -> Option<Vec<u32>> {
         let text = self
@@ -121,6 +191,62 @@ impl Smi {
                 .filter_map(|l| l.split(',').next()?.trim().parse().ok())
                 .collect(),
         )
+    }
+}
+
+/// A running `nvidia-smi -lms` (see [`Smi::stream`]).
+#[derive(Debug)]
+pub struct SmiStream {
+    name: String,
+    child: Child,
+    lines: Receiver<(Instant, String)>,
+    stderr: Receiver<String>,
+}
+
+impl SmiStream {
+    /// Every line printed since the last call, each with the instant it was read.
+    pub fn take(&self) -> Vec<(Instant, String)> {
+        let mut out = Vec::new();
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => out.push(line),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
+            }
+        }
+    }
+
+    /// Why the tool stopped, once it has (its exit status and the first line it printed on stderr);
+    /// `None` while it runs.
+    pub fn ended(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok()??;
+        let stderr = self
+            .stderr
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap_or_default();
+        let first = stderr.lines().map(str::trim).find(|l| !l.is_empty());
+        Some(match first {
+            Some(line) => format!(
+                "{} ended ({}): {line}",
+                self.name,
+                crate::tool::describe_status(&status)
+            ),
+            None => format!(
+                "{} ended ({})",
+                self.name,
+                crate::tool::describe_status(&status)
+            ),
+        })
+    }
+}
+
+impl Drop for SmiStream {
+    fn drop(&mut self) {
+        // The child leads its own group (see `stream`); pid 0 or 1 would be ours or init's.
+        let pid = self.child.id() as i32;
+        if pid > 1 {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = self.child.wait();
     }
 }
 
@@ -192,6 +318,45 @@ mod tests {
         std::fs::write(dir.path().join("apps"), "4242, 33000\n77, 10\n").unwrap();
         assert_eq!(smi.memory_used(), Some(vec![1200, 35000]));
         assert_eq!(smi.compute_pids(), Some(vec![4242, 77]));
+    }
+
+    #[test]
+    fn a_stream_delivers_lines_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let smi = fake(dir.path());
+        std::fs::write(
+            dir.path().join("lms"),
+            "TS, 0, GPU-a, 100\nTS, 1, GPU-b, 200\n",
+        )
+        .unwrap();
+        let mut stream = smi
+            .stream(&["timestamp", "index"], Duration::from_millis(250))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let lines = stream.take();
+        assert!(lines.len() >= 4, "{lines:?}");
+        assert!(lines[1].1.contains(", 1, GPU-b, 200"), "{lines:?}");
+        assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert_eq!(stream.ended(), None, "still running");
+        drop(stream); // kills the group: the test would hang on a leaked loop otherwise
+    }
+
+    #[test]
+    fn a_stream_that_ends_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let smi = fake(dir.path()); // no `lms` file: the fake's sed fails and it exits
+        let mut stream = smi
+            .stream(&["timestamp"], Duration::from_millis(250))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let why = loop {
+            if let Some(why) = stream.ended() {
+                break why;
+            }
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(why.contains("ended (exit code 1)"), "{why}");
     }
 
     #[test]

@@ -27,4 +27,5 @@ pub mod signals;
 pub mod sim;
 pub mod stats;
 pub mod store;
+pub mod telemetry;
 pub mod tool;

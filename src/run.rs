@@ -30,6 +30,7 @@ use crate::signals::Shutdown;
 use crate::store::{
     CellFailure, CellResult, Schema, ServerRecord, ServerStatus, Store, now_rfc3339,
 };
+use crate::telemetry;
 
 /// What the person asked of this run, as plain data (the command line maps its flags to this).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +314,18 @@ async fn run_server(
         api_key: engine.api_key.clone(),
     };
     let command = command_line(&rendered);
+    // Telemetry: the server's GPUs (its CUDA_VISIBLE_DEVICES, else every GPU of this host) and metrics.
+    let watched = telemetry::Subject {
+        gpus: telemetry::GpuSet::for_server(&rendered.env, &rendered.base_url),
+        metrics: target
+            .metrics_url
+            .clone()
+            .map(|url| telemetry::MetricsEndpoint {
+                http: ctx.client.http().clone(),
+                url,
+                api_key: target.api_key.clone(),
+            }),
+    };
     for (k, cell) in pending.iter().enumerate() {
         if cancel.is_cancelled() {
             result.interrupted = true;
@@ -328,12 +341,16 @@ async fn run_server(
         let progress = load::Progress::default();
         let bar = reporter.point(&label, progress.done.clone(), u64::from(cell.load.requests));
         let started_at = now_rfc3339();
+        let window = telemetry::Window::start(&watched);
         let outcome = guard(
             load::run_point(ctx.client, &target, &cell.load, &progress, cancel),
             ctx.shutdown,
             group.as_ref(),
         )
         .await;
+        let recorded = window
+            .finish(outcome.as_ref().ok().map(|p| (p.t0, p.records.as_slice())))
+            .await;
         drop(bar);
         // A server that died under load invalidates the point, whatever the client saw.
         let exited = running.as_mut().and_then(|r| r.exit_status());
@@ -381,6 +398,7 @@ async fn run_server(
                     load: serde_json::to_value(&cell.load).unwrap_or_default(),
                     summary: point.summary,
                     server_metrics: point.server_metrics,
+                    telemetry: recorded.telemetry.clone(),
                     command: command.clone(),
                     engine_version: record.engine_version.clone(),
                     started_at,
@@ -390,6 +408,7 @@ async fn run_server(
                     Some(prompts) => store.write_prompts(&cell.id, prompts),
                     None => Ok(()),
                 }
+                .and_then(|()| store.write_telemetry(&cell.id, &recorded))
                 .and_then(|()| store.write_cell(&cell_result, &point.records));
                 match stored {
                     Ok(()) => {

@@ -1,7 +1,10 @@
 //! Server metrics: scrape Prometheus `/metrics` before and after each load point and turn the counter
-//! deltas into a prefix-cache hit rate (vLLM, SGLang and llama.cpp names), keeping the raw deltas.
+//! deltas into a prefix-cache hit rate (vLLM, SGLang and llama.cpp names), keeping the raw deltas; and
+//! read the load gauges (running and waiting requests, KV-cache usage, preemptions) of one scrape for the
+//! server timeline ([`Gauges`]).
 //!
-//! CONTRACT: [`ServerMetrics`] is stored in each cell's `result.json` and read by the report.
+//! CONTRACT: [`ServerMetrics`] is stored in each cell's `result.json` and read by the report; [`Gauges`]
+//! are the lines of `server_metrics.jsonl`.
 
 use std::collections::BTreeMap;
 
@@ -102,6 +105,70 @@ fn total(samples: &Samples, name: &str) -> Option<f64> {
         }
     }
     found
+}
+
+/// Largest value over every label set of the metric `name` (a ratio per engine: the fullest one counts).
+fn largest(samples: &Samples, name: &str) -> Option<f64> {
+    samples
+        .range(name.to_string()..)
+        .take_while(|(key, _)| key.starts_with(name))
+        .filter(|(key, _)| key.split('{').next() == Some(name))
+        .map(|(_, v)| *v)
+        .reduce(f64::max)
+}
+
+/// The server's load at one scrape, under whichever engine's names it exposes. A gauge the server does
+/// not expose is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gauges {
+    /// Requests being processed (in the running batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<f64>,
+    /// Requests queued in the server, not yet scheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<f64>,
+    /// KV-cache usage, 0..1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_usage: Option<f64>,
+    /// Preemptions since the server started (a counter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preemptions: Option<f64>,
+}
+
+/// The names each gauge goes by, in order of preference: vLLM (the newer name first), SGLang (with
+/// `--enable-metrics`), llama.cpp (with `--metrics`). Every one of them is a count or a 0..1 ratio.
+const RUNNING: &[&str] = &[
+    "vllm:num_requests_running",
+    "sglang:num_running_reqs",
+    "llamacpp:requests_processing",
+];
+const WAITING: &[&str] = &[
+    "vllm:num_requests_waiting",
+    "sglang:num_queue_reqs",
+    "llamacpp:requests_deferred",
+];
+const KV_USAGE: &[&str] = &[
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "sglang:token_usage",
+    "llamacpp:kv_cache_usage_ratio",
+];
+const PREEMPTIONS: &[&str] = &["vllm:num_preemptions_total"];
+
+impl Gauges {
+    /// Counts add up over label sets (one per engine of a data-parallel server); usage takes the fullest.
+    pub fn read(samples: &Samples) -> Gauges {
+        let first = |names: &[&str], f: fn(&Samples, &str) -> Option<f64>| {
+            names.iter().find_map(|n| f(samples, n))
+        };
+        Gauges {
+            running: first(RUNNING, total),
+            waiting: first(WAITING, total),
+            kv_usage: first(KV_USAGE, largest),
+            preemptions: first(PREEMPTIONS, total),
+        }
+    }
 }
 
 /// How one engine family's counters give a hit rate: hits / (queries [+ hits]).
@@ -251,6 +318,38 @@ vllm:e2e_request_latency_seconds_bucket{le="+Inf",model_name="a b"} 7
             parse("llamacpp:prompt_tokens_total 300\nllamacpp:prompt_tokens_cached_total 100\n");
         let m = ServerMetrics::between(&before, &after, CacheCounters::Any);
         assert_eq!(m.prefix_cache_hit_rate, Some(0.25));
+    }
+
+    #[test]
+    fn gauges_under_each_engines_names() {
+        let vllm = parse(
+            "vllm:num_requests_running{engine=\"0\"} 3\nvllm:num_requests_running{engine=\"1\"} 2\n\
+             vllm:num_requests_waiting{engine=\"0\"} 7\nvllm:gpu_cache_usage_perc{engine=\"0\"} 0.5\n\
+             vllm:gpu_cache_usage_perc{engine=\"1\"} 0.9\nvllm:num_preemptions_total 4\n",
+        );
+        assert_eq!(
+            Gauges::read(&vllm),
+            Gauges {
+                running: Some(5.0),
+                waiting: Some(7.0),
+                kv_usage: Some(0.9),
+                preemptions: Some(4.0),
+            }
+        );
+        let sglang =
+            parse("sglang:num_running_reqs 1\nsglang:num_queue_reqs 0\nsglang:token_usage 0.25\n");
+        let g = Gauges::read(&sglang);
+        assert_eq!(
+            (g.running, g.waiting, g.kv_usage),
+            (Some(1.0), Some(0.0), Some(0.25))
+        );
+        assert_eq!(g.preemptions, None, "not exposed: absent, not 0");
+        let llama = parse("llamacpp:requests_processing 2\nllamacpp:kv_cache_usage_ratio 0.1\n");
+        let g = Gauges::read(&llama);
+        assert_eq!(
+            (g.running, g.waiting, g.kv_usage),
+            (Some(2.0), None, Some(0.1))
+        );
     }
 
     #[test]

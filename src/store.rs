@@ -9,6 +9,8 @@
 //!   servers/<server id>/server.log        the server's stdout and stderr
 //!   cells/<cell id>/result.json           one finished cell: settings, hash, summary, server metrics
 //!   cells/<cell id>/requests.jsonl        one line per request (the source of truth for every number)
+//!   cells/<cell id>/gpu.jsonl             GPU samples during the point (where telemetry was available)
+//!   cells/<cell id>/server_metrics.jsonl  the server's gauges, scraped every second during the point
 //!   cells/<cell id>/failure.json          why a cell failed (replaced by result.json once it succeeds)
 //!   cells.csv                             one row per finished cell, stable columns
 //!   report/                               summary, per-model records, charts
@@ -57,6 +59,8 @@ pub const RESULT_FILE: &str = "result.json";
 pub const FAILURE_FILE: &str = "failure.json";
 pub const REQUESTS_FILE: &str = "requests.jsonl";
 pub const PROMPTS_FILE: &str = "prompts.jsonl";
+pub const GPU_FILE: &str = "gpu.jsonl";
+pub const SERVER_METRICS_FILE: &str = "server_metrics.jsonl";
 
 impl Store {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -165,6 +169,10 @@ pub struct CellResult {
     pub summary: crate::stats::Summary,
     #[serde(default)]
     pub server_metrics: crate::scrape::ServerMetrics,
+    /// GPU telemetry and the server timeline over the measured phase (absent in results written before
+    /// telemetry existed: nothing was recorded).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::Telemetry,
     /// The server command line as run (secrets redacted), and the engine's version output.
     #[serde(default)]
     pub command: String,
@@ -281,6 +289,24 @@ impl Store {
                 .join(PROMPTS_FILE),
             prompts,
         )
+    }
+
+    /// Stores the raw telemetry samples of a cell (`gpu.jsonl` where there were GPU samples,
+    /// `server_metrics.jsonl` where the server was scraped); call before [`Store::write_cell`], which
+    /// commits.
+    pub fn write_telemetry(
+        &self,
+        cell_id: &str,
+        recorded: &crate::telemetry::Recorded,
+    ) -> std::io::Result<()> {
+        let dir = self.root.join("cells").join(id_path(cell_id));
+        if !recorded.gpu_samples.is_empty() {
+            write_jsonl(&dir.join(GPU_FILE), &recorded.gpu_samples)?;
+        }
+        if !recorded.server_samples.is_empty() {
+            write_jsonl(&dir.join(SERVER_METRICS_FILE), &recorded.server_samples)?;
+        }
+        Ok(())
     }
 
     /// Records a failed cell. A previous successful result with other settings is left in place until

@@ -76,6 +76,15 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("engine timeout beyond the clock", with("[engines.srv]\n", "[engines.srv]\nready_timeout = \"100000000 years\"\n"), vec!["t.toml:5:1", "engines.srv.ready_timeout", "longer than a week"]),
         ("matrix too large to build", with("concurrency = [1, 4]", &format!("concurrency = [{}]\nwarmup = [{}]\nseed = [{}]\nmax_inflight = [{}]\ntimeout = [{}]", forty(), forty(), forty(), forty(), (1..=40).map(|n| format!("\"{n}s\"")).collect::<Vec<_>>().join(", "))), vec!["concurrency 40 × warmup 40 × seed 40 × max_inflight 40 × timeout 40", "102400000 combinations", "more than 10000"]),
         ("empty api key", with("[engines.srv]\n", "[engines.srv]\napi_key = \"\"\n"), vec!["engines.srv.api_key", "is empty"]),
+        // [cost]: one way to price the GPUs, positive numbers, a currency code.
+        ("cost without currency", format!("{VALID}\n[cost]\ngpu_hour = 2.5\n"), vec!["t.toml:19:", "`cost`", "`currency` is missing", "currency = \"USD\""]),
+        ("negative gpu price", format!("{VALID}\n[cost]\ngpu_hour = -1\ncurrency = \"USD\"\n"), vec!["t.toml:20:1", "cost.gpu_hour", "not a positive price"]),
+        ("vm price without its gpus", format!("{VALID}\n[cost]\nvm_hour = 20\ncurrency = \"USD\"\n"), vec!["cost.vm_hour", "needs `vm_gpus`"]),
+        ("vm with zero gpus", format!("{VALID}\n[cost]\nvm_hour = 20\nvm_gpus = 0\ncurrency = \"USD\"\n"), vec!["cost.vm_gpus", "at least one GPU"]),
+        ("two prices", format!("{VALID}\n[cost]\ngpu_hour = 2\nvm_hour = 20\nvm_gpus = 8\ncurrency = \"USD\"\n"), vec!["cost.vm_hour", "not both"]),
+        ("lower-case currency", format!("{VALID}\n[cost]\ngpu_hour = 2\ncurrency = \"usd\"\n"), vec!["t.toml:21:1", "cost.currency", "write `currency = \"USD\"`"]),
+        ("free electricity", format!("{VALID}\n[cost]\ngpu_hour = 2\ncurrency = \"CNY\"\nkwh = 0\n"), vec!["cost.kwh", "not a positive price"]),
+        ("cost key typo", format!("{VALID}\n[cost]\ngpu_hours = 2\ncurrency = \"USD\"\n"), vec!["t.toml:20:1", "cost.gpu_hours", "did you mean `gpu_hour`?"]),
     ]
 }
 

@@ -491,9 +491,10 @@ fn csv_has_stable_core_columns_then_sorted_variables() {
     let files = campaign.render();
     let mut reader = csv::Reader::from_path(&files.csv).unwrap();
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    let core: Vec<&str> = report::csv::CORE_COLUMNS.to_vec();
+    let mut core: Vec<&str> = report::csv::CORE_COLUMNS.to_vec();
+    core.extend(report::cost::CSV_COLUMNS);
     assert_eq!(&header[..core.len()], core.as_slice());
-    // Extra variables after the core columns, sorted: only max_inflight and requests vary here.
+    // Extra variables after the fixed columns, sorted: only max_inflight and requests vary here.
     assert_eq!(&header[core.len()..], ["var.max_inflight", "var.requests"]);
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 12);
@@ -1127,4 +1128,167 @@ timeout = "30s"
     assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
     assert!(svg.contains("TPOT mean (ms): not measured"));
     assert!(svg.contains("Output throughput (tok/s): not measured"));
+}
+
+/// Cost and energy per token from stored telemetry and `[cost]`, checked against figures worked out by
+/// hand from the seed's measurements: Qwen 3 14B FP8 at c=40 made 1300 output tokens/s (17550 in all)
+/// for 73.846 s; at 500 W that is 36 923 J over 96 000 output tokens.
+#[test]
+fn cost_and_energy_per_token_from_stored_telemetry_and_prices() {
+    use runner::telemetry::{
+        GpuFigures, GpuTelemetry, GpusHeld, ServerTimeline, SourceKind, Telemetry,
+    };
+    let campaign =
+        Campaign::new("[cost]\nvm_hour = 10\nvm_gpus = 1\ncurrency = \"USD\"\nkwh = 0.2\n");
+    let c40 = "qwen3-14b/fp8/vllm/c40";
+    campaign.edit_result(c40, |cell| {
+        let window = cell.summary.duration_s;
+        cell.telemetry = Telemetry {
+            gpus: Some(GpusHeld {
+                count: 1,
+                ids: vec!["0".into()],
+                from: "all GPUs of the host".into(),
+            }),
+            gpu: Some(GpuTelemetry {
+                source: SourceKind::Nvml,
+                interval_ms: 250.0,
+                window_s: window,
+                total: GpuFigures {
+                    energy_j: Some(500.0 * window),
+                    power_mean_w: Some(500.0),
+                    util_mean_pct: Some(97.5),
+                    energy_method: Some(runner::telemetry::EnergyMethod::Counter),
+                    ..GpuFigures::default()
+                },
+                devices: Vec::new(),
+            }),
+            ..Telemetry::default()
+        };
+    });
+    // The seed's TTFT jump at c=200, with the server's timeline that explains it.
+    campaign.edit_result("qwen3-14b/nvfp4/vllm/c200", |cell| {
+        cell.telemetry.server = Some(ServerTimeline {
+            interval_s: 1.0,
+            samples: 60,
+            peak_running: Some(57.0),
+            peak_waiting: Some(143.0),
+            peak_kv_usage: Some(1.0),
+            ..ServerTimeline::default()
+        });
+    });
+    let md = campaign.summary();
+
+    // Summary table: cost per 1M output tokens = 10 USD/h / (1300 tok/s × 3600) × 10^6 = 2.137; J per
+    // output token = 36 923 J / 96 000 = 0.385.
+    let ours = tables(&md);
+    let t = ours.iter().find(|t| t.heading.starts_with("3.1 ")).unwrap();
+    let row = t.row("40").unwrap();
+    assert_eq!(
+        row[t.column("每百万输出 token 成本 (USD)").unwrap()],
+        "2.137"
+    );
+    assert_eq!(row[t.column("J/输出 token").unwrap()], "0.385");
+    // Without telemetry the energy is unmeasured, never 0; the price still applies to the whole VM.
+    let c10 = t.row("10").unwrap();
+    assert_eq!(c10[t.column("J/输出 token").unwrap()], "—");
+    assert_eq!(
+        c10[t.column("每百万输出 token 成本 (USD)").unwrap()],
+        "7.144"
+    ); // 10/(388.8×3600)×10^6
+
+    // Ratio table: NVFP4 over FP8 at c=40 costs 1300 / 1550.4 = 0.838×.
+    let ratio = ours
+        .iter()
+        .find(|t| t.heading.contains("Qwen 3 14B：NVFP4 / FP8"))
+        .unwrap();
+    assert_eq!(
+        ratio.row("40").unwrap()[ratio.column("每百万输出 token 成本").unwrap()],
+        "0.838×"
+    );
+    assert!(md.contains("c=40：NVFP4 每百万输出 token 成本为 FP8 的 0.838×"));
+
+    // The 成本与能耗 section: the prices, the cheapest configuration, the per-cell figures.
+    assert!(md.contains("## 3E) 成本与能耗"), "{md}");
+    assert!(md.contains("每 VM 小时 10 USD（1 块 GPU"));
+    assert!(md.contains("**最便宜的配置**：") && md.contains("未设置 slo_ttft"));
+    let cost = ours
+        .iter()
+        .find(|t| t.heading == "Qwen 3 14B" && t.column("J/token").is_some())
+        .expect("the model's cost table");
+    let fp8_40 = cost
+        .rows
+        .iter()
+        .find(|r| r[0] == "FP8 · vllm" && r[1] == "40")
+        .unwrap();
+    let cell = |name: &str| fp8_40[cost.column(name).unwrap()].as_str();
+    assert_eq!(cell("GPU 数"), "1");
+    assert_eq!(cell("每百万 token 成本"), "0.158"); // 10/(17550×3600)×10^6
+    assert_eq!(cell("J/token"), "0.028"); // 36 923 / (17550 × 73.846)
+    assert_eq!(cell("kWh/百万输出 token"), "0.107"); // 0.385 J / 3.6e6 × 10^6
+    assert_eq!(cell("电费/百万输出 token"), "0.021"); // 0.2 × 0.107
+    assert_eq!(cell("平均功率 (W)"), "500.000");
+    assert_eq!(cell("GPU 利用率"), "97.50%");
+    // A cell without telemetry: whole VM charged, energy unmeasured.
+    let fp8_10 = cost
+        .rows
+        .iter()
+        .find(|r| r[0] == "FP8 · vllm" && r[1] == "10")
+        .unwrap();
+    assert_eq!(fp8_10[cost.column("GPU 数").unwrap()], "整机");
+    assert_eq!(fp8_10[cost.column("平均功率 (W)").unwrap()], "—");
+
+    // The TTFT jump at c=200 is explained by the timeline; one without a timeline says it cannot be.
+    assert!(
+        md.contains("c=200：TTFT 9146.")
+            && md.contains("KV cache 峰值 100.00%，最多 143 个请求排队"),
+        "{md}"
+    );
+    assert!(md.contains("KV cache 已满"));
+
+    // cells.csv: the figures at full precision, empty where unmeasured.
+    let mut reader = csv::Reader::from_path(campaign.store.root.join("cells.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let find = |id: &str| rows.iter().find(|r| &r[col("id")] == id).unwrap();
+    let r40 = find(c40);
+    let close = |field: &str, want: f64| {
+        let got: f64 = r40[col(field)].parse().unwrap();
+        assert!(
+            (got - want).abs() < 1e-9 * want.max(1.0),
+            "{field}: {got} vs {want}"
+        );
+    };
+    close("cost_per_1m_output_tokens", 10.0 / (1300.0 * 3600.0) * 1e6);
+    close("j_per_output_token", 500.0 / 1300.0);
+    close(
+        "electricity_cost_per_1m_output_tokens",
+        0.2 * 500.0 / 1300.0 / 3.6,
+    );
+    assert_eq!(&r40[col("currency")], "USD");
+    assert_eq!(&r40[col("gpu_telemetry_source")], "NVML");
+    let r10 = find("qwen3-14b/fp8/vllm/c10");
+    assert_eq!(&r10[col("energy_j")], "");
+    assert_eq!(&r10[col("gpus")], "");
+    assert_eq!(
+        &find("qwen3-14b/nvfp4/vllm/c200")[col("server_peak_waiting")],
+        "143"
+    );
+}
+
+/// Without telemetry or `[cost]` the report says so, and adds no empty columns.
+#[test]
+fn without_telemetry_or_prices_the_report_says_so() {
+    let md = Campaign::new("").summary();
+    assert!(md.contains("成本与能耗"));
+    assert!(md.contains("无 GPU 遥测"));
+    assert!(md.contains("未设置 [cost]"));
+    let ours = tables(&md);
+    let t = ours.iter().find(|t| t.heading.starts_with("3.1 ")).unwrap();
+    assert_eq!(
+        t.column("J/输出 token"),
+        None,
+        "no energy column without telemetry"
+    );
+    assert!(!md.contains("每百万输出 token 成本 ("));
 }

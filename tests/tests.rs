@@ -10,3 +10,4 @@ mod run;
 mod secrets;
 mod server;
 mod sim;
+mod telemetry;

@@ -8,6 +8,7 @@
 //! what the file names (programs, checkpoint and tokenizer files, ports) is [`crate::preflight`]'s job:
 //! a file valid here is valid on the GPU host it is written for.
 
+pub mod cost;
 pub mod diag;
 pub mod expr;
 pub mod load;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
+pub use cost::Cost;
 pub use diag::{Diagnostic, Diagnostics};
 use diag::{Locator, did_you_mean};
 use load::{DURATION_HELP, LOAD_KEYS, Layered, MAX_DURATION, Vocab};
@@ -44,6 +46,8 @@ pub struct Experiment {
     /// `[load]`: the lowest layer of load settings.
     pub load: IndexMap<String, Layered>,
     pub report: ReportSettings,
+    /// `[cost]`: prices for cost per token in the report; `None` when the file has no such table.
+    pub cost: Option<Cost>,
     /// Values never to be shown: those of `${VAR}` whose name looks secret, and every `api_key`.
     pub secrets: Secrets,
 }
@@ -291,6 +295,7 @@ fn unknown_key(diags: &mut Diagnostics, locator: &Locator, path: &[String]) {
             (format!("[models.{id}.precisions.{p}]"), PRECISION_KEYS)
         }
         ["report", _] => ("[report]".into(), REPORT_KEYS),
+        ["cost", _] => ("[cost]".into(), cost::COST_KEYS),
         _ => ("this table".into(), &[]),
     };
     let key = segs.last().copied().unwrap_or_default();
@@ -433,6 +438,7 @@ impl Validator<'_> {
         let load = self.load_layer(&["load"], raw.load.unwrap_or_default());
         let matrix = self.matrix(raw.matrix, &engines, &models);
         let report = self.report(raw.report.unwrap_or_default());
+        let cost = self.cost(raw.cost);
         Experiment {
             file: file.to_path_buf(),
             source: source.to_string(),
@@ -445,6 +451,7 @@ impl Validator<'_> {
             matrix,
             load,
             report,
+            cost,
             secrets: self.secrets.clone(),
         }
     }

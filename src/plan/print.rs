@@ -120,6 +120,47 @@ pub fn text(
     )
 }
 
+/// What `runner plan` says about telemetry on this host: which GPU source a run would use (or why none),
+/// and which engines get a server timeline.
+pub fn telemetry_text(
+    out: &mut impl Write,
+    exp: &Experiment,
+    gpu: &crate::telemetry::Availability,
+) -> io::Result<()> {
+    writeln!(out)?;
+    match gpu.source {
+        Some(_) => writeln!(out, "telemetry: GPU: {}", gpu.detail)?,
+        None => writeln!(
+            out,
+            "telemetry: GPU: none on this host ({}); the report will say 无 GPU 遥测",
+            gpu.detail
+        )?,
+    }
+    let (with, without): (Vec<&crate::experiment::Engine>, Vec<_>) =
+        exp.engines.values().partition(|e| e.metrics_path.is_some());
+    let names = |v: &[&crate::experiment::Engine]| {
+        v.iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let every = crate::telemetry::timeline::INTERVAL.as_secs();
+    match (with.is_empty(), without.is_empty()) {
+        (false, true) => writeln!(out, "           server timeline: /metrics every {every} s")?,
+        (true, _) => writeln!(
+            out,
+            "           server timeline: none (no engine has a metrics_path)"
+        )?,
+        (false, false) => writeln!(
+            out,
+            "           server timeline: /metrics every {every} s for {}; none for {} (no metrics_path)",
+            names(&with),
+            names(&without)
+        )?,
+    }
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct JsonPlan<'a> {
     title: &'a str,

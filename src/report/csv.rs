@@ -1,8 +1,9 @@
 //! `cells.csv`: one row per stored cell result, for pandas or Excel.
 //!
 //! Invariant: the columns are stable. [`CORE_COLUMNS`] come first, always, in this order (a new column is
-//! only ever appended to it); then one `var.NAME` column per extra matrix variable found in the results,
-//! sorted by name. Numbers are written with full precision (the report rounds, the CSV does not); a value
+//! only ever appended to it); then the telemetry, energy and cost columns of [`super::cost::CSV_COLUMNS`]
+//! (likewise only appended to); then one `var.NAME` column per extra matrix variable found in the
+//! results, sorted by name. Numbers are written with full precision (the report rounds, the CSV does not); a value
 //! that does not exist or was not measured (`None`) is an empty field, never 0. `total_tokens_per_s`
 //! counts input and output tokens as the server reported them.
 
@@ -61,8 +62,11 @@ pub const CORE_COLUMNS: &[&str] = &[
 /// Variables that already have a core column.
 const CORE_VARS: &[&str] = &["model", "precision", "engine", "concurrency"];
 
-/// The CSV bytes for `cells`, in the order given.
-pub fn to_csv(cells: &[&CellResult]) -> anyhow::Result<Vec<u8>> {
+/// The CSV bytes for `cells`, in the order given; costs priced with `cost` where given.
+pub fn to_csv(
+    cells: &[&CellResult],
+    cost: Option<&crate::experiment::Cost>,
+) -> anyhow::Result<Vec<u8>> {
     let mut extra: Vec<&str> = cells
         .iter()
         .flat_map(|c| c.vars.keys().map(String::as_str))
@@ -74,12 +78,14 @@ pub fn to_csv(cells: &[&CellResult]) -> anyhow::Result<Vec<u8>> {
     let mut w = ::csv::Writer::from_writer(Vec::new());
     let header: Vec<String> = CORE_COLUMNS
         .iter()
+        .chain(super::cost::CSV_COLUMNS)
         .map(|c| c.to_string())
         .chain(extra.iter().map(|k| format!("var.{k}")))
         .collect();
     w.write_record(&header)?;
     for cell in cells {
         let mut record = core_fields(cell);
+        record.extend(super::cost::csv_fields(cell, cost));
         record.extend(
             extra
                 .iter()

@@ -14,7 +14,9 @@
 //!   caller to print. Only an unreadable results directory fails the report.
 
 pub mod charts;
+pub mod cost;
 pub mod csv;
+pub mod explain;
 pub mod format;
 pub mod view;
 
@@ -66,7 +68,7 @@ pub fn render_all(exp: &Experiment, plan: &Plan, store: &Store) -> anyhow::Resul
     for chart in &report.charts {
         charts.push((chart.file.clone(), charts::render(chart)?));
     }
-    let csv_bytes = csv::to_csv(&csv_order(plan, &stored))?;
+    let csv_bytes = csv::to_csv(&csv_order(plan, &stored), exp.cost.as_ref())?;
 
     let dir = store.root.join("report");
     let write = |path: &Path, bytes: &[u8]| {

@@ -66,6 +66,8 @@ pub struct Row {
     pub hit_rate: String,
     pub output_check: String,
     pub output_tps: String,
+    /// Cost per 1M output tokens and J per output token (shown right of the seed's columns).
+    pub economy: super::cost::RowCost,
     pub remark: String,
     pub warnings: Vec<String>,
 }
@@ -91,6 +93,9 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// `c=40：…` for each warning of a row.
     pub warnings: Vec<String>,
+    /// `c=200：TTFT … ；KV cache 峰值 100%，最多 143 个请求排队…`: latency jumps the server's timeline
+    /// explains.
+    pub explanations: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +118,8 @@ pub struct RatioRow {
     pub ttft: String,
     pub e2e: String,
     pub tpot: String,
+    /// Cost per 1M output tokens (`—` without `[cost]` or a figure on either side).
+    pub cost_out: String,
 }
 
 /// One precision against the model's first precision, same engine and server settings.
@@ -212,6 +219,16 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Stored files that could not be read and were skipped (`path: error`).
     pub unreadable: Vec<String>,
+    /// `[cost]` is set: tables show cost per 1M output tokens.
+    pub show_cost: bool,
+    /// Some result has GPU telemetry: tables show J per output token.
+    pub show_energy: bool,
+    /// `[cost]`'s currency (empty without one).
+    pub currency: String,
+    /// The 成本与能耗 section: its number, the prices, one part per model.
+    pub cost_number: String,
+    pub cost_basis: String,
+    pub costs: Vec<super::cost::CostModel>,
     #[serde(skip)]
     pub charts: Vec<ChartData>,
 }
@@ -224,6 +241,7 @@ pub struct Record<'a> {
     pub model: &'a ModelInfo,
     pub model_sections: Vec<Section>,
     pub model_ratios: Vec<RatioTable>,
+    pub model_cost: Option<super::cost::CostModel>,
 }
 
 const HARDWARE_KEYS: &[&str] = &["vm", "vcpu", "memory", "gpu", "spec_url"];
@@ -287,7 +305,9 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
                             Dist::mean_of(&s.tpot_ms),
                         ],
                     ));
-                    measured_row(cell, result, changed, preset, threshold)
+                    let mut row = measured_row(cell, result, changed, preset, threshold);
+                    super::cost::annotate(&mut row, result, exp.cost.as_ref());
+                    row
                 }
                 None => {
                     let missing = Missing {
@@ -346,6 +366,13 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
             chart.series.push(Series { label, points });
         }
 
+        let explanations = super::explain::ttft_jumps(
+            done_cells
+                .iter()
+                .filter(|(s, _, _)| s.id == server.id)
+                .map(|(_, c, r)| (c.load.concurrency, *r))
+                .collect(),
+        );
         let table_warnings: Vec<String> = rows
             .iter()
             .flat_map(|r: &Row| {
@@ -378,6 +405,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
             chart: None,
             rows,
             warnings: table_warnings,
+            explanations,
         });
     }
 
@@ -401,6 +429,8 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         .then(|| section_number(sections.len() + 1));
 
     let ratios = ratio_tables(exp, plan, &done_cells);
+    let costs = super::cost::sections(exp, &done_cells, &ratios);
+    let cost_number = section_number(sections.len() + 1 + usize::from(nvfp4_number.is_some()));
     let models = model_infos(exp, plan, stored, &sections);
 
     let mut concurrencies: Vec<u32> = plan
@@ -446,6 +476,16 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         threshold: format::percent(threshold),
         warnings,
         unreadable: stored.unreadable.clone(),
+        show_cost: exp.cost.is_some(),
+        show_energy: stored.results.values().any(|r| r.telemetry.gpu.is_some()),
+        currency: exp
+            .cost
+            .as_ref()
+            .map(|c| c.currency.clone())
+            .unwrap_or_default(),
+        cost_number,
+        cost_basis: super::cost::basis(exp.cost.as_ref()),
+        costs,
         charts: charts
             .into_values()
             .filter(|c| !c.series.is_empty())
@@ -477,11 +517,17 @@ pub fn record<'a>(report: &'a Report, model: &'a ModelInfo) -> Record<'a> {
         .filter(|r| r.heading.starts_with(&format!("{}：", model.name)))
         .cloned()
         .collect();
+    let model_cost = report
+        .costs
+        .iter()
+        .find(|c| c.model_id == model.id)
+        .cloned();
     Record {
         report,
         model,
         model_sections,
         model_ratios,
+        model_cost,
     }
 }
 
@@ -657,6 +703,7 @@ fn measured_row(
         hit_rate,
         output_check,
         output_tps: format::opt3(s.output_tokens_per_s),
+        economy: super::cost::RowCost::none(),
         remark: format::cell_text(&remark.join("；")),
         warnings,
     }
@@ -782,6 +829,7 @@ fn missing_row(server: &ServerPlan, cell: &CellPlan, missing: &Missing) -> Row {
         hit_rate: none(),
         output_check: none(),
         output_tps: none(),
+        economy: super::cost::RowCost::none(),
         remark: format::cell_text(&remark.join("；")),
         warnings: match status {
             RowStatus::Failed | RowStatus::Unreadable => vec![what],
@@ -829,7 +877,7 @@ fn ratio_tables(
                 let find = |server: &ServerPlan, c: u32| {
                     done.iter()
                         .find(|(s, cell, _)| s.id == server.id && cell.load.concurrency == c)
-                        .map(|(_, cell, r)| (*cell, &r.summary))
+                        .map(|(_, cell, r)| (*cell, *r))
                 };
                 let mut concs: Vec<u32> = base_server
                     .points
@@ -841,8 +889,9 @@ fn ratio_tables(
                 let rows: Vec<RatioRow> = concs
                     .into_iter()
                     .filter_map(|c| {
-                        let ((d_cell, d), (n_cell, n)) =
+                        let ((d_cell, d_result), (n_cell, n_result)) =
                             (find(base_server, c)?, find(num_server, c)?);
+                        let (d, n) = (&d_result.summary, &n_result.summary);
                         // A ratio needs both figures; one unmeasured side leaves it `—`.
                         let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
                             (Some(a), Some(b)) => format::ratio(a / b),
@@ -874,6 +923,11 @@ fn ratio_tables(
                             ttft: r(mean(&n.ttft_ms), mean(&d.ttft_ms)),
                             e2e: r(mean(&n.e2e_ms), mean(&d.e2e_ms)),
                             tpot: r(mean(&n.tpot_ms), mean(&d.tpot_ms)),
+                            cost_out: super::cost::cost_ratio(
+                                n_result,
+                                d_result,
+                                exp.cost.as_ref(),
+                            ),
                         })
                     })
                     .collect();

@@ -5,8 +5,10 @@
 //! 1. every running sequence that has finished its prefill decodes one token (one token of budget each);
 //! 2. sequences admitted earlier whose prefill is incomplete continue it, within the remaining token budget
 //!    (`max_num_batched_tokens`);
-//! 3. waiting requests are admitted in arrival order while fewer than `max_num_seqs` run and budget is left;
-//!    on admission the prefix cache decides how many prompt tokens need computing.
+//! 3. waiting requests are admitted in arrival order while fewer than `max_num_seqs` run, budget is left
+//!    and the KV cache has room for the whole sequence (prompt + maximum output, in blocks of the block
+//!    size: reserved at admission and freed when the sequence ends, so the model never preempts); on
+//!    admission the prefix cache decides how many prompt tokens need computing.
 //!
 //! The step lasts `decode_step + decode_step_per_seq × (sequences in the step) + (prefill tokens in the
 //! step) / prefill_tokens_per_s`. At its end, each decoding sequence and each sequence whose prefill just
@@ -31,6 +33,8 @@ pub struct BatchParams {
     pub prefill_tokens_per_s: f64,
     pub decode_step: Duration,
     pub decode_step_per_seq: Duration,
+    /// KV-cache capacity in tokens (rounded down to whole blocks).
+    pub kv_cache_tokens: usize,
 }
 
 impl BatchParams {
@@ -61,6 +65,8 @@ struct Seq {
     sub: Submission,
     to_prefill: usize,
     emitted: usize,
+    /// KV blocks reserved for it.
+    kv_blocks: usize,
 }
 
 /// One planned step.
@@ -84,15 +90,34 @@ pub struct Batcher {
     params: BatchParams,
     waiting: VecDeque<Submission>,
     running: Vec<Seq>,
+    block_size: usize,
+    kv_total: usize,
+    kv_free: usize,
 }
 
 impl Batcher {
-    pub fn new(params: BatchParams) -> Self {
+    /// `block_size`: the KV cache's block size in tokens (at least 1).
+    pub fn new(params: BatchParams, block_size: usize) -> Self {
+        let block_size = block_size.max(1);
+        let kv_total = params.kv_cache_tokens / block_size;
         Batcher {
             params,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            block_size,
+            kv_total,
+            kv_free: kv_total,
         }
+    }
+
+    /// KV blocks a request holds while it runs: its prompt and its maximum output.
+    fn kv_need(&self, sub: &Submission) -> usize {
+        (sub.prompt_len + sub.output_len).div_ceil(self.block_size)
+    }
+
+    /// (blocks in use, blocks in all).
+    pub fn kv_blocks(&self) -> (usize, usize) {
+        (self.kv_total - self.kv_free, self.kv_total)
     }
 
     pub fn push(&mut self, sub: Submission) {
@@ -149,18 +174,28 @@ impl Batcher {
         }
         let mut start = clock;
         while self.running.len() < self.params.max_num_seqs && budget > 0 {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            if front.tx.is_closed() {
+                self.waiting.pop_front(); // the client left while queued
+                continue;
+            }
+            let kv_blocks = self.kv_need(front);
+            if kv_blocks > self.kv_free {
+                break; // first come, first served: it waits for running sequences to end
+            }
             let Some(sub) = self.waiting.pop_front() else {
                 break;
             };
-            if sub.tx.is_closed() {
-                continue; // the client left while queued
-            }
+            self.kv_free -= kv_blocks;
             let cached = cache.lock().unwrap().lookup(&sub.blocks, sub.prompt_len);
             counters.admitted(sub.prompt_len, cached);
             start = Some(start.map_or(sub.arrival, |s| s.max(sub.arrival)));
             let mut seq = Seq {
                 to_prefill: sub.prompt_len - cached,
                 emitted: 0,
+                kv_blocks,
                 sub,
             };
             prefill(self.running.len(), &mut seq, &mut budget);
@@ -201,10 +236,15 @@ impl Batcher {
             }
         }
         let mut i = 0;
-        self.running.retain(|_| {
+        let mut freed = 0;
+        self.running.retain(|seq| {
             i += 1;
+            if retire[i - 1] {
+                freed += seq.kv_blocks;
+            }
             !retire[i - 1]
         });
+        self.kv_free += freed;
         generated
     }
 }
@@ -212,12 +252,19 @@ impl Batcher {
 /// The scheduler task: steps while there is work, sleeps on the channel otherwise.
 pub async fn run(
     params: BatchParams,
+    block_size: usize,
     mut rx: UnboundedReceiver<Submission>,
     cache: Arc<Mutex<PrefixCache>>,
     counters: Arc<Counters>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut batcher = Batcher::new(params);
+    let mut batcher = Batcher::new(params, block_size);
+    let kv_gauge = |b: &Batcher| {
+        let (used, total) = b.kv_blocks();
+        counters.kv_blocks_used.store(used as u64, Relaxed);
+        counters.kv_blocks_total.store(total as u64, Relaxed);
+    };
+    kv_gauge(&batcher);
     let mut clock: Option<Instant> = None;
     loop {
         if batcher.is_idle() {
@@ -232,11 +279,13 @@ pub async fn run(
         let step = batcher.plan(clock, &cache, &counters);
         counters.running.store(batcher.running() as u64, Relaxed);
         counters.waiting.store(batcher.waiting() as u64, Relaxed);
+        kv_gauge(&batcher);
         let Some(step) = step else { continue };
         tokio::time::sleep_until(step.end.into()).await;
         let generated = batcher.finish(&step, &cache);
         counters.generated(generated);
         counters.running.store(batcher.running() as u64, Relaxed);
+        kv_gauge(&batcher);
         clock = Some(step.end);
     }
 }
@@ -252,6 +301,7 @@ mod tests {
         prefill_tokens_per_s: 1000.0,
         decode_step: Duration::from_millis(10),
         decode_step_per_seq: Duration::from_millis(1),
+        kv_cache_tokens: 1 << 20,
     };
 
     fn sub(
@@ -276,7 +326,7 @@ mod tests {
 
     fn fixture() -> (Batcher, Mutex<PrefixCache>, Counters) {
         (
-            Batcher::new(PARAMS),
+            Batcher::new(PARAMS, 4),
             Mutex::new(PrefixCache::new(4, 1000)),
             Counters::default(),
         )
@@ -353,6 +403,42 @@ mod tests {
             c > a + Duration::from_millis(30),
             "the third waited for a slot"
         );
+    }
+
+    #[test]
+    fn requests_wait_for_kv_blocks_and_free_them_when_done() {
+        // Room for 10 blocks of 4 tokens: one 8 + 8 token sequence needs 4, so two fit and a third waits.
+        let params = BatchParams {
+            max_num_seqs: 8,
+            kv_cache_tokens: 42,
+            ..PARAMS
+        };
+        let (mut b, cache, counters) = (
+            Batcher::new(params, 4),
+            Mutex::new(PrefixCache::new(4, 0)),
+            Counters::default(),
+        );
+        let t0 = Instant::now();
+        let mut rxs = Vec::new();
+        for i in 0..3 {
+            let (s, rx) = sub(t0, 8 + i, 8);
+            b.push(s);
+            rxs.push(rx);
+        }
+        assert_eq!(b.kv_blocks(), (0, 10));
+        let step = b.plan(None, &cache, &counters).unwrap();
+        assert_eq!((b.running(), b.waiting()), (2, 1), "the third does not fit");
+        assert_eq!(b.kv_blocks(), (9, 10), "4 + 5 blocks (8+8 and 9+8 tokens)");
+        let mut clock = step.end;
+        b.finish(&step, &cache);
+        while b.waiting() == 1 {
+            let step = b.plan(Some(clock), &cache, &counters).unwrap();
+            b.finish(&step, &cache);
+            clock = step.end;
+        }
+        assert_eq!(b.running(), 1, "admitted once both finished");
+        assert_eq!(b.kv_blocks(), (5, 10));
+        drop(rxs);
     }
 
     #[test]

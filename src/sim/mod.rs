@@ -12,7 +12,8 @@
 //! - `POST /v1/chat/completions`: the same, with `delta.content` chunks (a role chunk comes with the first
 //!   token) and `max_tokens`/`max_completion_tokens` (default: the rest of the context).
 //! - `GET /metrics`: `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:prompt_tokens_total`,
-//!   `vllm:generation_tokens_total`, `vllm:prefix_cache_queries_total`, `vllm:prefix_cache_hits_total`.
+//!   `vllm:generation_tokens_total`, `vllm:prefix_cache_queries_total`, `vllm:prefix_cache_hits_total`,
+//!   and with the batching model `vllm:kv_cache_usage_perc`.
 //! - `POST /reset_prefix_cache`.
 //!
 //! Errors are `{"error":{"message","type","param","code"}}`: 400 for bad input (unparsable body, empty
@@ -32,6 +33,8 @@
 //! - Default, batching (`batch.rs`): continuous batching with at most `--max-num-seqs` running sequences
 //!   and a FIFO waiting queue; chunked prefill within `--max-num-batched-tokens` per step; a step lasts
 //!   `--decode-step-ms + --decode-step-ms-per-seq × sequences + prefill tokens / --prefill-tokens-per-s`.
+//!   A request is admitted only when the KV cache (`--kv-cache-tokens`, in `--block-size` blocks) has
+//!   room for its prompt and maximum output; it holds them until it ends, so the model never preempts.
 //!   Only prompt tokens missing from the prefix cache (`cache.rs`: chained hashes of `--block-size`
 //!   blocks, `--cache-blocks` capacity, least recently used out) are prefilled, so repeats get a faster
 //!   time to first token. TTFT grows with prompt length and with queueing, per-request decode speed falls
@@ -156,6 +159,10 @@ pub struct SimArgs {
     /// Prefix-cache block size in tokens; only full blocks are cached.
     #[arg(long, default_value_t = defaults::BLOCK_SIZE, help_heading = "Batching model", value_name = "TOKENS")]
     pub block_size: usize,
+    /// KV-cache capacity in tokens (whole blocks of --block-size): a request is admitted only when its
+    /// prompt and maximum output fit; the usage is exposed as vllm:kv_cache_usage_perc.
+    #[arg(long, default_value_t = defaults::KV_CACHE_TOKENS, value_name = "TOKENS", help_heading = "Batching model")]
+    pub kv_cache_tokens: usize,
     /// Prefix-cache capacity in blocks (0 disables prefix caching).
     #[arg(long, default_value_t = defaults::CACHE_BLOCKS, value_name = "N", help_heading = "Batching model")]
     pub cache_blocks: usize,
@@ -243,6 +250,8 @@ pub mod defaults {
     pub const DECODE_STEP_MS_PER_SEQ: f64 = 0.5;
     pub const BLOCK_SIZE: usize = 16;
     pub const CACHE_BLOCKS: usize = 8192;
+    /// 4M tokens: large enough that only a campaign that asks for it is limited by the KV cache.
+    pub const KV_CACHE_TOKENS: usize = 1 << 22;
 }
 
 /// A duration with units ("2s", "1m 30s", "250ms") or a bare number of milliseconds.
@@ -323,6 +332,7 @@ impl Default for SimConfig {
                 prefill_tokens_per_s: PREFILL_TOKENS_PER_S,
                 decode_step: ms(DECODE_STEP_MS),
                 decode_step_per_seq: ms(DECODE_STEP_MS_PER_SEQ),
+                kv_cache_tokens: KV_CACHE_TOKENS,
             },
             block_size: BLOCK_SIZE,
             cache_blocks: CACHE_BLOCKS,
@@ -351,7 +361,8 @@ impl SimConfig {
         let b = &self.batch;
         let f = &self.faults;
         let rate = |v: f64| (0.0..=1.0).contains(&v);
-        let checks: [(bool, &str); 12] = [
+        let bs = self.block_size.max(1);
+        let checks: [(bool, &str); 13] = [
             (self.vocab_size >= 2, "--vocab-size must be at least 2"),
             (
                 self.max_model_len >= 2,
@@ -375,6 +386,10 @@ impl SimConfig {
                 "--prefill-tokens-per-s must be positive",
             ),
             (self.block_size >= 1, "--block-size must be at least 1"),
+            (
+                self.max_model_len.div_ceil(bs) <= b.kv_cache_tokens / bs,
+                "--kv-cache-tokens must hold at least one sequence of --max-model-len tokens (in whole --block-size blocks)",
+            ),
             (rate(f.fail_rate), "--fail-rate must be between 0 and 1"),
             (
                 rate(f.cut_stream_rate),
@@ -426,6 +441,7 @@ impl TryFrom<&SimArgs> for SimConfig {
                     a.decode_step_ms_per_seq,
                     "--decode-step-ms-per-seq",
                 )?),
+                kv_cache_tokens: a.kv_cache_tokens,
             },
             block_size: a.block_size,
             cache_blocks: a.cache_blocks,
@@ -502,6 +518,7 @@ pub async fn serve(
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let task = tokio::spawn(batch::run(
                 config.batch,
+                config.block_size,
                 rx,
                 cache.clone(),
                 counters.clone(),
@@ -793,6 +810,7 @@ mod tests {
             &["--tokens-per-chunk", "0"],
             &["--fixed-timing", "--itl-ms", "0"],
             &["--decode-step-ms", "NaN"],
+            &["--kv-cache-tokens", "1000"],
         ] {
             let err = parse(args).expect_err(&format!("{args:?} should be refused"));
             assert_eq!(

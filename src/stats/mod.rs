@@ -240,6 +240,16 @@ impl TokenCheck {
     }
 }
 
+/// The measured phase, ms on the point's clock: from the first measured request's intended send to the
+/// last measured request's end (the interval every throughput divides by; telemetry summarizes the same
+/// one). `None` without measured requests.
+pub fn measured_span(records: &[RequestRecord]) -> Option<(f64, f64)> {
+    let measured = records.iter().filter(|r| !r.warmup);
+    let start = measured.clone().map(|r| r.intended_ms).reduce(f64::min)?;
+    let end = measured.map(|r| r.end_ms).reduce(f64::max)?;
+    Some((start, end))
+}
+
 /// Summarises one load point. Warm-up records are ignored; latency statistics and token checks cover
 /// the successful measured requests (failed ones are counted by kind in `errors`); throughputs divide by
 /// the measured phase, from the earliest intended send to the last completion.
@@ -258,18 +268,9 @@ pub fn summarize(records: &[RequestRecord], spec: &LoadSpec, client: ClientCheck
         *errors.entry(kind.to_string()).or_insert(0u64) += 1;
     }
 
-    let start = measured
-        .iter()
-        .map(|r| r.intended_ms)
-        .fold(f64::INFINITY, f64::min);
-    let end = measured
-        .iter()
-        .map(|r| r.end_ms)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let duration_s = if end > start {
-        (end - start) / 1000.0
-    } else {
-        0.0
+    let duration_s = match measured_span(records) {
+        Some((start, end)) if end > start => (end - start) / 1000.0,
+        _ => 0.0,
     };
     let per_s = |x: f64| (duration_s > 0.0).then(|| x / duration_s);
 
