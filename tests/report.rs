@@ -271,7 +271,8 @@ fn golden_record_rows_equal_the_seed_record() {
     assert!(
         text.contains("GPU Driver：NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08")
     );
-    assert!(text.contains("](../charts/qwen3-14b-fp8.svg)"));
+    assert!(text.contains("](../charts/qwen3-14b-by-concurrency.svg)"));
+    assert!(text.contains("](../charts/qwen3-14b-interactivity.svg)"));
 }
 
 #[test]
@@ -424,23 +425,83 @@ fn ratio_tables_compare_precisions_at_equal_concurrency() {
     assert_eq!(t.row("40").unwrap()[qps], "1.193×"); // 1.938 / 1.625
     let ttft = t.column("TTFT").unwrap();
     assert_eq!(t.row("40").unwrap()[ttft], "1.585×"); // 147.213 / 92.907
-    assert_eq!(t.row("40").unwrap()[t.column("说明").unwrap()], "");
-    // The seed's 32B NVFP4 point at 40 was capped at 24 in flight: the ratio says so.
-    let t = ours
+    // The 32B NVFP4 point at 40 was capped at 24 in flight: the ratio says so first.
+    let t32 = ours
         .iter()
         .find(|t| t.heading.starts_with("Qwen 3 32B：NVFP4 / FP8"))
         .unwrap();
-    assert_eq!(
-        t.row("40").unwrap()[t.column("说明").unwrap()],
-        "⚠ 负载设置不同：max_inflight=24 vs 无"
+    let note = &t32.row("40").unwrap()[t32.column("说明").unwrap()];
+    assert!(
+        note.starts_with("⚠ 负载设置不同：max_inflight=24 vs 无；"),
+        "{note}"
     );
-    assert_eq!(t.row("10").unwrap()[t.column("说明").unwrap()], "");
     // The 72B model has one precision: nothing to compare.
     assert!(!ours.iter().any(|t| t.heading.starts_with("Qwen 2.5 72B：")));
 }
 
+/// The seed's own figures: at c=10 the FP8 row had 96.62 % prefix-cache hits and the NVFP4 row's hit
+/// rate is unknown, so the TTFT ratio may compare a cached prefill with a real one. The row says so.
 #[test]
-fn charts_are_svg_per_model_and_precision_and_linked() {
+fn a_ratio_row_carries_every_caveat_of_both_rows() {
+    let campaign = Campaign::new("");
+    let ours = tables(&campaign.summary());
+    let t = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 14B：NVFP4 / FP8"))
+        .unwrap();
+    let row = t.row("10").unwrap();
+    assert_eq!(row[t.column("TTFT").unwrap()], "1.338×"); // 68.637 / 51.305
+    assert_eq!(
+        row[t.column("说明").unwrap()],
+        "⚠ FP8：前缀缓存命中率 96.62%（高于 10.00%）；NVFP4：前缀缓存命中率未知"
+    );
+    assert_eq!(
+        t.row("40").unwrap()[t.column("说明").unwrap()],
+        "⚠ FP8：前缀缓存命中率 99.01%（高于 10.00%）；NVFP4：前缀缓存命中率未知"
+    );
+
+    // Failed requests, an output mismatch and a saturated client on the NVFP4 side at c=40, and a
+    // figure the FP8 side did not measure at c=10: each is named with its side.
+    campaign.edit_result("qwen3-14b/nvfp4/vllm/c40", |c| {
+        let s = &mut c.summary;
+        s.output_tokens.exact = 117;
+        s.output_tokens.mismatched = 3;
+        s.failed = 2;
+        s.errors.insert("http_500".into(), 2);
+        s.client.saturated = true;
+    });
+    campaign.edit_result("qwen3-14b/fp8/vllm/c10", |c| c.summary.tpot_ms = None);
+    let ours = tables(&campaign.summary());
+    let t = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 14B：NVFP4 / FP8"))
+        .unwrap();
+    let note = |c: &str| t.row(c).unwrap()[t.column("说明").unwrap()].clone();
+    let n40 = note("40");
+    assert!(
+        n40.contains("NVFP4：输出长度不符，失败请求 2/120，客户端饱和，前缀缓存命中率未知"),
+        "{n40}"
+    );
+    assert!(note("10").contains("FP8：前缀缓存命中率 96.62%（高于 10.00%），未测得 TPOT"));
+    assert_eq!(t.row("10").unwrap()[t.column("TPOT").unwrap()], "—");
+
+    // Without the caveats (hit rates known and low on both sides) the row is clean.
+    for id in ["qwen3-14b/fp8/vllm/c10", "qwen3-14b/nvfp4/vllm/c10"] {
+        campaign.edit_result(id, |c| {
+            c.server_metrics.prefix_cache_hit_rate = Some(0.0);
+            c.summary.tpot_ms = Some(runner::stats::Dist::of([25.0]).unwrap());
+        });
+    }
+    let ours = tables(&campaign.summary());
+    let t = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 14B：NVFP4 / FP8"))
+        .unwrap();
+    assert_eq!(t.row("10").unwrap()[t.column("说明").unwrap()], "");
+}
+
+#[test]
+fn charts_are_svg_per_model_with_every_precision_and_linked() {
     let campaign = Campaign::new("");
     let files = campaign.render();
     let md = std::fs::read_to_string(&files.summary).unwrap();
@@ -453,26 +514,78 @@ fn charts_are_svg_per_model_and_precision_and_linked() {
     assert_eq!(
         names,
         [
-            "qwen25-72b-fp8.svg",
-            "qwen3-14b-fp8.svg",
-            "qwen3-14b-nvfp4.svg",
-            "qwen3-32b-fp8.svg",
-            "qwen3-32b-nvfp4.svg"
+            "qwen25-72b-by-concurrency.svg",
+            "qwen25-72b-interactivity.svg",
+            "qwen3-14b-by-concurrency.svg",
+            "qwen3-14b-interactivity.svg",
+            "qwen3-32b-by-concurrency.svg",
+            "qwen3-32b-interactivity.svg",
         ]
     );
     for path in &files.charts {
         let svg = std::fs::read_to_string(path).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains("TTFT mean (ms)"));
         let name = path.file_name().unwrap().to_string_lossy();
         assert!(
             md.contains(&format!("](charts/{name})")),
             "{name} not linked"
         );
     }
-    // Three 14B FP8 points in each of the three panels.
-    let svg = std::fs::read_to_string(files.report_dir().join("charts/qwen3-14b-fp8.svg")).unwrap();
-    assert_eq!(svg.matches("<circle").count(), 9);
+    // Both 14B precisions on the same axes: FP8 at 1/10/40 and NVFP4 at 10/40/200, in each of the three
+    // panels, and once each in the interactivity chart.
+    let svg = |name: &str| std::fs::read_to_string(files.report_dir().join("charts").join(name));
+    let by_c = svg("qwen3-14b-by-concurrency.svg").unwrap();
+    assert_eq!(by_c.matches("<circle").count(), 6 * 3);
+    for text in [
+        "FP8",
+        "NVFP4",
+        "TTFT 均值（ms，对数坐标）",
+        "并发数（对数坐标）",
+    ] {
+        assert!(by_c.contains(text), "{text}");
+    }
+    let inter = svg("qwen3-14b-interactivity.svg").unwrap();
+    assert_eq!(inter.matches("<circle").count(), 6);
+    for text in ["c=200", "帕累托前沿", "每 GPU 输出吞吐（tokens/s/GPU）"] {
+        assert!(inter.contains(text), "{text}");
+    }
+    // The caption says how interactivity is defined and that GPUs were assumed, not known.
+    assert!(md.contains("单用户解码速度 = 1000 / 平均 TPOT"));
+    assert!(
+        md.contains("服务参数未给出 GPU 数（如 tensor_parallel_size），按每个服务 1 个 GPU 计")
+    );
+}
+
+/// Every chart is a well-formed SVG that a real renderer draws: some pixels in its plot area are not
+/// white. (Text needs fonts, which a test machine may lack; lines and points do not.)
+#[test]
+fn every_chart_renders_with_a_real_svg_renderer() {
+    let campaign = Campaign::new("");
+    let files = campaign.render();
+    assert!(!files.charts.is_empty());
+    for path in &files.charts {
+        let data = std::fs::read(path).unwrap();
+        let tree = resvg::usvg::Tree::from_data(&data, &resvg::usvg::Options::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let size = tree.size().to_int_size();
+        let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).unwrap();
+        resvg::render(&tree, Default::default(), &mut pixmap.as_mut());
+        // The plot area: below the title and legend, inside the axes' margins.
+        let (w, h) = (size.width(), size.height());
+        let drawn = (h / 5..h * 9 / 10)
+            .flat_map(|y| (w / 8..w * 9 / 10).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = pixmap.pixel(x, y).unwrap();
+                p.alpha() > 0 && (p.red() < 200 || p.green() < 200 || p.blue() < 200)
+            })
+            .count();
+        // One measured point alone covers about 50 pixels.
+        assert!(
+            drawn > 30,
+            "{}: only {drawn} dark pixels in the plot area",
+            path.display()
+        );
+    }
 }
 
 trait ReportDir {
@@ -519,9 +632,10 @@ fn summary_sections_and_environment_follow_the_seed() {
         "## 1) 测试概览",
         "## 2) 指标说明（读表指南）",
         "## 3) FP8 结果汇总",
-        "## 3B) FP4（NVFP4） 结果补充",
+        "## 3B) FP4（NVFP4）结果补充",
         "## 3C) 精度对比（比值）",
-        "## 3D) NVFP（NVFP4）特性简介",
+        "## 3D) 图表",
+        "## 3E) NVFP（NVFP4）特性简介",
         "## 4) 结果解读（面向客户的要点）",
         "## 5) Azure 上的 GPU VM 与环境简介（概述）",
         "## 6) 数据来源（原始记录）",
@@ -1122,9 +1236,12 @@ timeout = "30s"
     assert_no_usage_rows(&md, &["1", "4"]);
     assert_no_usage_csv(&results.join("cells.csv"), 2);
 
-    // Chart: TTFT's two points, none for throughput or TPOT (not even at 0).
-    let svg = std::fs::read_to_string(results.join("report/charts/tiny-fp8.svg")).unwrap();
+    // Charts: TTFT's two points, none for throughput or TPOT (not even at 0), and no interactivity point.
+    let charts = results.join("report/charts");
+    let svg = std::fs::read_to_string(charts.join("tiny-by-concurrency.svg")).unwrap();
     assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
-    assert!(svg.contains("TPOT mean (ms): not measured"));
-    assert!(svg.contains("Output throughput (tok/s): not measured"));
+    assert!(svg.contains("TPOT 均值（ms）：未测得"));
+    assert!(svg.contains("输出吞吐（tokens/s）：未测得"));
+    let svg = std::fs::read_to_string(charts.join("tiny-interactivity.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 0, "{svg}");
 }
