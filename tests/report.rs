@@ -1245,3 +1245,184 @@ timeout = "30s"
     let svg = std::fs::read_to_string(charts.join("tiny-interactivity.svg")).unwrap();
     assert_eq!(svg.matches("<circle").count(), 0, "{svg}");
 }
+
+/// The demo's shape: each model × precision sets its own simulated speeds through `[[matrix.include]]`.
+/// Results are written for every planned cell (from one stored demo result, scaled per precision so the
+/// two precisions differ); no server runs.
+fn demo_campaign() -> Campaign {
+    let text =
+        std::fs::read_to_string(crate::common::repo().join("experiments/demo.toml")).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let campaign = Campaign::of(&text, "results/demo", empty.path());
+    let template =
+        std::fs::read_to_string(schema1_dir().join("demo/cells/demo-14b/fp8/sim/c1/result.json"))
+            .unwrap();
+    for server in &campaign.plan.servers {
+        for cell in &server.points {
+            let mut result: CellResult = serde_json::from_str(&template).unwrap();
+            result.id = cell.id.clone();
+            result.hash = cell.hash.clone();
+            result.server_id = server.id.clone();
+            result.model = server.model.clone();
+            result.precision = server.precision.clone();
+            result.engine = server.engine.clone();
+            result.vars = server
+                .cell_vars(cell)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            // NVFP4 measured 25 % more output throughput than FP8 at every point.
+            let speed = if server.precision == "nvfp4" {
+                1.25
+            } else {
+                1.0
+            };
+            let s = &mut result.summary;
+            s.output_tokens_per_s = s
+                .output_tokens_per_s
+                .map(|x| x * speed * f64::from(cell.load.concurrency));
+            let dir = campaign.store.cell_dir(cell);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("result.json"),
+                serde_json::to_string(&result).unwrap(),
+            )
+            .unwrap();
+        }
+    }
+    campaign
+}
+
+#[test]
+fn the_demo_compares_its_precisions_although_includes_set_their_speeds() {
+    let campaign = demo_campaign();
+    let files = campaign.render();
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    assert!(!md.contains("暂无可对比的数据"), "{md}");
+    let ours = tables(&md);
+    for (model, setup) in [
+        (
+            "Demo 14B：NVFP4 / FP8（sim）",
+            "随精度设定的参数：NVFP4：decode_step_ms=4，prefill_tokens_per_s=50000；FP8：decode_step_ms=5，prefill_tokens_per_s=40000",
+        ),
+        (
+            "Demo 32B：NVFP4 / FP8（sim）",
+            "随精度设定的参数：NVFP4：decode_step_ms=7，prefill_tokens_per_s=26000；FP8：decode_step_ms=9，prefill_tokens_per_s=20000",
+        ),
+    ] {
+        let t = ours
+            .iter()
+            .find(|t| t.heading == model)
+            .unwrap_or_else(|| panic!("no table {model}"));
+        let concs: Vec<&str> = t.rows.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(concs, ["1", "4", "16"], "{model}: every concurrency");
+        let out = t.column("输出吞吐").unwrap();
+        assert!(t.rows.iter().all(|r| r[out] == "1.250×"), "{:?}", t.rows);
+        assert!(md.contains(setup), "{setup}");
+    }
+    // One engine only: no engine comparison section.
+    assert!(!md.contains("引擎对比"));
+
+    // The record labels each precision's parameters instead of listing them side by side.
+    let record = std::fs::read_to_string(
+        files
+            .summary
+            .parent()
+            .unwrap()
+            .join("records/demo-14b.zh.md"),
+    )
+    .unwrap();
+    assert!(
+        record.contains("- 关键参数：FP8：decode_step_ms=5，prefill_tokens_per_s=40000；FP4（NVFP4）：decode_step_ms=4，prefill_tokens_per_s=50000"),
+        "{record}"
+    );
+    assert!(record.contains("## 精度对比（比值）") && record.contains("随精度设定的参数：NVFP4："));
+
+    // Both precisions on the same axes, in both charts of each model.
+    let svg = std::fs::read_to_string(
+        files
+            .summary
+            .parent()
+            .unwrap()
+            .join("charts/demo-14b-by-concurrency.svg"),
+    )
+    .unwrap();
+    assert!(svg.contains(">\nFP8\n<") || svg.contains("FP8"));
+    assert!(svg.contains("NVFP4"));
+    assert_eq!(svg.matches("<circle").count(), 2 * 3 * 3);
+}
+
+/// A model and precision measured on two engines gets an engine table; a variable an include sets for
+/// one engine and precision (SGLang's FP8 KV cache) is listed under the tables it is tied to.
+#[test]
+fn engines_are_compared_where_a_model_and_precision_ran_on_two() {
+    let text = r#"
+title = "two engines"
+results_dir = "results/two"
+[engines.vllm]
+preset = "sim"
+command = "{{ runner }} sim --port {{ port }}"
+[engines.sglang]
+preset = "sim"
+command = "{{ runner }} sim --port {{ port }}{% if kv_cache_dtype is defined %} --x {{ kv_cache_dtype }}{% endif %}"
+[models.m]
+input_tokens = 64
+output_tokens = 8
+[models.m.precisions]
+fp8 = { path = "sim/m-fp8" }
+nvfp4 = { path = "sim/m-nvfp4" }
+[matrix]
+model = "m"
+precision = ["fp8", "nvfp4"]
+engine = ["vllm", "sglang"]
+concurrency = [1]
+[[matrix.include]]
+engine = "sglang"
+precision = "fp8"
+kv_cache_dtype = "fp8_e5m2"
+"#;
+    let empty = tempfile::tempdir().unwrap();
+    let campaign = Campaign::of(text, "results/two", empty.path());
+    let template =
+        std::fs::read_to_string(schema1_dir().join("demo/cells/demo-14b/fp8/sim/c1/result.json"))
+            .unwrap();
+    for server in &campaign.plan.servers {
+        for cell in &server.points {
+            let mut result: CellResult = serde_json::from_str(&template).unwrap();
+            result.id = cell.id.clone();
+            result.hash = cell.hash.clone();
+            result.model = server.model.clone();
+            result.precision = server.precision.clone();
+            result.engine = server.engine.clone();
+            let dir = campaign.store.cell_dir(cell);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("result.json"),
+                serde_json::to_string(&result).unwrap(),
+            )
+            .unwrap();
+        }
+    }
+    let md = campaign.summary();
+    assert!(md.contains("## 3D) 引擎对比（比值）"), "{md}");
+    let ours = tables(&md);
+    let headings: Vec<&str> = ours.iter().map(|t| t.heading.as_str()).collect();
+    for h in [
+        "m：NVFP4 / FP8（vllm）",
+        "m：NVFP4 / FP8（sglang）",
+        "m · FP8：sglang / vllm",
+        "m · FP4 / NVFP4：sglang / vllm",
+    ] {
+        let t = ours
+            .iter()
+            .find(|t| t.heading == h)
+            .unwrap_or_else(|| panic!("no table {h} in {headings:?}"));
+        assert_eq!(t.rows.len(), 1);
+        assert_eq!(t.rows[0][t.column("QPS").unwrap()], "1.000×");
+    }
+    assert!(
+        md.contains("随精度设定的参数：NVFP4：kv_cache_dtype 未设置；FP8：kv_cache_dtype=fp8_e5m2")
+    );
+    assert!(md.contains(
+        "随引擎设定的参数：sglang：kv_cache_dtype=fp8_e5m2；vllm：kv_cache_dtype 未设置"
+    ));
+}

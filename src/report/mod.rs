@@ -16,6 +16,7 @@
 pub mod caveat;
 pub mod chart_view;
 pub mod charts;
+pub mod compare;
 pub mod comparisons;
 pub mod csv;
 pub mod format;
