@@ -147,7 +147,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         (Some(Command::Run(args)), _) => run(&args.file, &args.options),
         (Some(Command::Plan(args)), _) => crate::commands::plan(&args.file, &args.only, args.json),
         (Some(Command::Report(args)), _) => crate::commands::report(&args.file),
-        (Some(Command::Compare(args)), _) => crate::commands::compare(&args),
+        (Some(Command::Compare(args)), _) => crate::commands::compare(
+            (&args.a, &args.b),
+            &args.fail_if,
+            args.json,
+            args.out.as_deref(),
+        ),
         (Some(Command::Sim(args)), _) => crate::sim::main(args).map(|()| exit::OK),
         (Some(Command::BenchClient(args)), _) => {
             crate::load::bench::main(args).map(|()| exit::OK)

@@ -129,18 +129,22 @@ pub fn report(file: &Path) -> anyhow::Result<i32> {
 /// `runner compare A B`: reads both runs' stored results, writes the comparison (Markdown or JSON) to
 /// stdout or `--out`, and returns 1 when a `--fail-if` threshold was missed. Bad thresholds and paths
 /// without results are usage errors (exit 2), checked before anything is written.
-pub fn compare(args: &crate::cli::CompareArgs) -> anyhow::Result<i32> {
+pub fn compare(
+    (a, b): (&Path, &Path),
+    fail_if: &[String],
+    json: bool,
+    out: Option<&Path>,
+) -> anyhow::Result<i32> {
     use crate::report::compare::{self, Threshold};
-    let thresholds = args
-        .fail_if
+    let thresholds = fail_if
         .iter()
         .map(|t| Threshold::parse(t))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::bad_input)?;
-    let a = open_run(&args.a)?;
-    let b = open_run(&args.b)?;
+    let a = open_run(a)?;
+    let b = open_run(b)?;
     let cmp = compare::compare(&a, &b, &thresholds);
-    let text = if args.json {
+    let text = if json {
         let mut text =
             serde_json::to_string_pretty(&cmp).context("writing the comparison as JSON")?;
         text.push('\n');
@@ -148,7 +152,7 @@ pub fn compare(args: &crate::cli::CompareArgs) -> anyhow::Result<i32> {
     } else {
         compare::markdown(&cmp)?
     };
-    match &args.out {
+    match out {
         Some(path) => {
             crate::store::write_atomic(path, text.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
