@@ -145,7 +145,7 @@ pub fn chart_sets(exp: &Experiment, plan: &Plan, done: &[Done]) -> Vec<ModelChar
                 by_concurrency_alt: format!("{}：吞吐与延迟随并发的变化", model.name),
                 interactivity_alt: format!("{}：吞吐与交互性", model.name),
                 interactivity_caption: format!(
-                    "横轴为单用户解码速度 = 1000 / 平均 TPOT（tokens/s/用户，即表中的 Decode TPS），纵轴为每 GPU 输出吞吐 = 输出吞吐 / GPU 数（tokens/s/GPU）；GPU 数：{gpu_text}。点旁的 c=N 为并发数；虚线为帕累托前沿：其上的点，没有别的点能在两个轴上同时更好。"
+                    "横轴为单用户解码速度 = 1000 / 平均 TPOT（tokens/s/用户，即表中的 Decode TPS），纵轴为每 GPU 输出吞吐 = 输出吞吐 / GPU 数（tokens/s/GPU）；GPU 数：{gpu_text}。点旁的 c=N 为并发数；灰色宽线为帕累托前沿：其上的点，没有别的点能在两个轴上同时更好。"
                 ),
             },
             set: ChartSet {
