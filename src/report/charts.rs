@@ -490,9 +490,10 @@ impl YScale {
             };
         }
         let top = upper(values.iter().copied());
-        let raw = top / 5.0;
+        // Five to eight ticks at round steps.
+        let raw = top / 7.0;
         let magnitude = 10f64.powf(raw.log10().floor());
-        let step = [1.0, 2.0, 5.0, 10.0]
+        let step = [1.0, 2.0, 2.5, 5.0, 10.0]
             .iter()
             .map(|m| m * magnitude)
             .find(|s| *s >= raw)
