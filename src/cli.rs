@@ -12,11 +12,13 @@ Examples:
   runner experiments/rtxpro6000.toml          run the campaign (same as `runner run FILE`)
   runner run experiments/demo.toml --only model=demo-14b,concurrency=4
   runner report experiments/rtxpro6000.toml   re-render the report from stored results
+  runner compare results/a results/b --fail-if 'output_tps < 0.95'
+                                              run vs run: ratios B / A, settings that differ, a CI gate
   runner sim --port 8000                      start the built-in simulated engine
 
 Exit codes:
   0    every cell measured
-  1    the run finished but some cells or servers failed
+  1    the run finished but some cells or servers failed (compare: a --fail-if threshold was missed)
   2    bad input or usage; nothing was started
   130  interrupted (Ctrl-C / SIGTERM); finished cells are kept";
 
@@ -43,6 +45,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Render the report (summary, per-model records, charts, CSV) from stored results only.
     Report(ReportArgs),
+    /// Compare run B with run A from stored results: ratios B / A of the headline figures per matched
+    /// cell, the settings that differ, cells found on one side only; optional thresholds for CI.
+    Compare(CompareArgs),
     /// Serve the built-in simulated OpenAI-compatible engine (for rehearsals and tests; no GPU needed).
     Sim(crate::sim::SimArgs),
     /// Measure the load client itself against the simulated engine (measured − true TTFT/TPOT, CPU).
@@ -95,6 +100,27 @@ pub struct ReportArgs {
     pub file: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline run: an experiment file (its results_dir) or a results directory.
+    #[arg(value_name = "A")]
+    pub a: PathBuf,
+    /// The run compared with A, given the same way.
+    #[arg(value_name = "B")]
+    pub b: PathBuf,
+    /// Print JSON (for scripts) instead of the Chinese Markdown report.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the report to FILE (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Exit 1 when B / A of a metric meets this in any matched cell (or cannot be computed there, or the
+    /// cell failed on B); repeatable. Metrics: qps, prompt_tps, decode_tps, output_tps, ttft, e2e, tpot
+    /// (latencies are means); operators: < <= > >=. E.g. "output_tps < 0.95", "ttft > 1.10".
+    #[arg(long = "fail-if", value_name = "METRIC OP RATIO")]
+    pub fail_if: Vec<String>,
+}
+
 /// Parses the command line, runs one command and returns the process exit code. Errors are printed here
 /// and nowhere else.
 pub fn main() -> i32 {
@@ -124,6 +150,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         (Some(Command::Run(args)), _) => run(&args.file, &args.options),
         (Some(Command::Plan(args)), _) => crate::commands::plan(&args.file, &args.only, args.json),
         (Some(Command::Report(args)), _) => crate::commands::report(&args.file),
+        (Some(Command::Compare(args)), _) => crate::commands::compare(
+            (&args.a, &args.b),
+            &args.fail_if,
+            args.json,
+            args.out.as_deref(),
+        ),
         (Some(Command::Sim(args)), _) => crate::sim::main(args).map(|()| exit::OK),
         (Some(Command::BenchClient(args)), _) => {
             crate::load::bench::main(args).map(|()| exit::OK)

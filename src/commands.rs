@@ -177,3 +177,92 @@ pub fn report(file: &Path) -> anyhow::Result<i32> {
     }
     Ok(exit::OK)
 }
+
+/// `runner compare A B`: reads both runs' stored results, writes the comparison (Markdown or JSON) to
+/// stdout or `--out`, and returns 1 when a `--fail-if` threshold was missed. Bad thresholds and paths
+/// without results are usage errors (exit 2), checked before anything is written.
+pub fn compare(
+    (a, b): (&Path, &Path),
+    fail_if: &[String],
+    json: bool,
+    out: Option<&Path>,
+) -> anyhow::Result<i32> {
+    use crate::report::compare::{self, Threshold};
+    let thresholds = fail_if
+        .iter()
+        .map(|t| Threshold::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::bad_input)?;
+    let a = open_run(a)?;
+    let b = open_run(b)?;
+    let cmp = compare::compare(&a, &b, &thresholds);
+    let text = if json {
+        let mut text =
+            serde_json::to_string_pretty(&cmp).context("writing the comparison as JSON")?;
+        text.push('\n');
+        text
+    } else {
+        compare::markdown(&cmp)?
+    };
+    match out {
+        Some(path) => {
+            crate::store::write_atomic(path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            say(format!("comparison written to {}", path.display()));
+        }
+        None => std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .context("writing to stdout")?,
+    }
+    for problem in a.unreadable.iter().chain(&b.unreadable) {
+        eprintln!("warning: skipped an unreadable record: {problem}");
+    }
+    if !cmp.only_a.is_empty() || !cmp.only_b.is_empty() {
+        say(format!(
+            "note: {} cell(s) only in A, {} only in B (listed in the comparison)",
+            cmp.only_a.len(),
+            cmp.only_b.len()
+        ));
+    }
+    for t in cmp.thresholds.iter().filter(|t| !t.passed) {
+        let cells: Vec<String> = t
+            .violations
+            .iter()
+            .map(|v| format!("{} ({})", v.cell, v.reason))
+            .collect();
+        say(format!("fail-if {}: {}", t.expr, cells.join("; ")));
+    }
+    // Exit 1 is the documented "something failed" code; here: a threshold was missed.
+    Ok(if cmp.passed {
+        exit::OK
+    } else {
+        exit::CELLS_FAILED
+    })
+}
+
+/// One side of `runner compare`: a results directory, or the `results_dir` of an experiment file.
+fn open_run(path: &Path) -> anyhow::Result<crate::report::compare::Run> {
+    use crate::report::compare::{DEFAULT_HIT_RATE_THRESHOLD, Run};
+    let label = path.display().to_string();
+    let (dir, threshold) = if path.is_dir() {
+        (path.to_path_buf(), DEFAULT_HIT_RATE_THRESHOLD)
+    } else if path.is_file() {
+        let exp = experiment::load(path).map_err(|d| Failure::bad_input(d.to_string()))?;
+        (exp.results_dir.clone(), exp.report.prefix_cache_warn_above)
+    } else {
+        return Err(Failure::bad_input(format!(
+            "{label}: no such file or directory\n  help: give an experiment file or a results directory"
+        ))
+        .into());
+    };
+    let run = Run::read(label.clone(), dir.clone(), threshold)
+        .with_context(|| format!("reading the results under {}", dir.display()))?;
+    run.ok_or_else(|| {
+        Failure::bad_input(format!(
+            "{label}: no results at {} (no cells/ directory)\n  help: run the experiment first, or give the results directory it wrote",
+            dir.display()
+        ))
+        .into()
+    })
+}

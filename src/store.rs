@@ -341,6 +341,39 @@ impl Store {
     /// cannot be listed is an error.
     pub fn read_cells(&self) -> std::io::Result<StoredCells> {
         let mut out = StoredCells::default();
+        for path in self.cell_files(RESULT_FILE)? {
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| parse_cell(&text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(cell) => out.cells.push(cell),
+                Err(error) => out.unreadable.push(Unreadable { path, error }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored `failure.json` (cells whose last attempt failed), for tools that have no plan to
+    /// ask about each cell (`runner compare`); unreadable ones are listed apart, as in
+    /// [`Store::read_cells`].
+    pub fn read_failures(&self) -> std::io::Result<(Vec<CellFailure>, Vec<Unreadable>)> {
+        let (mut failures, mut unreadable) = (Vec::new(), Vec::new());
+        for path in self.cell_files(FAILURE_FILE)? {
+            match read_json::<CellFailure>(&path) {
+                Ok(Some(f)) => failures.push(f),
+                Ok(None) => {}
+                Err(e) => unreadable.push(Unreadable {
+                    path,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok((failures, unreadable))
+    }
+
+    /// Paths of every file called `name` under `cells/`, depth first, in name order.
+    fn cell_files(&self, name: &str) -> std::io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
         let root = self.root.join("cells");
         if !root.is_dir() {
             return Ok(out);
@@ -355,14 +388,8 @@ impl Store {
                 let path = entry.path();
                 if path.is_dir() {
                     stack.push(path);
-                } else if path.file_name().is_some_and(|n| n == RESULT_FILE) {
-                    let parsed = std::fs::read_to_string(&path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|text| parse_cell(&text).map_err(|e| e.to_string()));
-                    match parsed {
-                        Ok(cell) => out.cells.push(cell),
-                        Err(error) => out.unreadable.push(Unreadable { path, error }),
-                    }
+                } else if path.file_name().is_some_and(|n| n == name) {
+                    out.push(path);
                 }
             }
         }

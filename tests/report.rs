@@ -271,7 +271,8 @@ fn golden_record_rows_equal_the_seed_record() {
     assert!(
         text.contains("GPU Driver：NVIDIA RTX Pro 6000 Blackwell DC-4-96Q, 98304 MiB, 580.105.08")
     );
-    assert!(text.contains("](../charts/qwen3-14b-fp8.svg)"));
+    assert!(text.contains("](../charts/qwen3-14b-by-concurrency.svg)"));
+    assert!(text.contains("](../charts/qwen3-14b-interactivity.svg)"));
 }
 
 #[test]
@@ -424,23 +425,83 @@ fn ratio_tables_compare_precisions_at_equal_concurrency() {
     assert_eq!(t.row("40").unwrap()[qps], "1.193×"); // 1.938 / 1.625
     let ttft = t.column("TTFT").unwrap();
     assert_eq!(t.row("40").unwrap()[ttft], "1.585×"); // 147.213 / 92.907
-    assert_eq!(t.row("40").unwrap()[t.column("说明").unwrap()], "");
-    // The seed's 32B NVFP4 point at 40 was capped at 24 in flight: the ratio says so.
-    let t = ours
+    // The 32B NVFP4 point at 40 was capped at 24 in flight: the ratio says so first.
+    let t32 = ours
         .iter()
         .find(|t| t.heading.starts_with("Qwen 3 32B：NVFP4 / FP8"))
         .unwrap();
-    assert_eq!(
-        t.row("40").unwrap()[t.column("说明").unwrap()],
-        "⚠ 负载设置不同：max_inflight=24 vs 无"
+    let note = &t32.row("40").unwrap()[t32.column("说明").unwrap()];
+    assert!(
+        note.starts_with("⚠ 负载设置不同：max_inflight=24 vs 无；"),
+        "{note}"
     );
-    assert_eq!(t.row("10").unwrap()[t.column("说明").unwrap()], "");
     // The 72B model has one precision: nothing to compare.
     assert!(!ours.iter().any(|t| t.heading.starts_with("Qwen 2.5 72B：")));
 }
 
+/// The seed's own figures: at c=10 the FP8 row had 96.62 % prefix-cache hits and the NVFP4 row's hit
+/// rate is unknown, so the TTFT ratio may compare a cached prefill with a real one. The row says so.
 #[test]
-fn charts_are_svg_per_model_and_precision_and_linked() {
+fn a_ratio_row_carries_every_caveat_of_both_rows() {
+    let campaign = Campaign::new("");
+    let ours = tables(&campaign.summary());
+    let t = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 14B：NVFP4 / FP8"))
+        .unwrap();
+    let row = t.row("10").unwrap();
+    assert_eq!(row[t.column("TTFT").unwrap()], "1.338×"); // 68.637 / 51.305
+    assert_eq!(
+        row[t.column("说明").unwrap()],
+        "⚠ FP8：前缀缓存命中率 96.62%（高于 10.00%）；NVFP4：前缀缓存命中率未知"
+    );
+    assert_eq!(
+        t.row("40").unwrap()[t.column("说明").unwrap()],
+        "⚠ FP8：前缀缓存命中率 99.01%（高于 10.00%）；NVFP4：前缀缓存命中率未知"
+    );
+
+    // Failed requests, an output mismatch and a saturated client on the NVFP4 side at c=40, and a
+    // figure the FP8 side did not measure at c=10: each is named with its side.
+    campaign.edit_result("qwen3-14b/nvfp4/vllm/c40", |c| {
+        let s = &mut c.summary;
+        s.output_tokens.exact = 117;
+        s.output_tokens.mismatched = 3;
+        s.failed = 2;
+        s.errors.insert("http_500".into(), 2);
+        s.client.saturated = true;
+    });
+    campaign.edit_result("qwen3-14b/fp8/vllm/c10", |c| c.summary.tpot_ms = None);
+    let ours = tables(&campaign.summary());
+    let t = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 14B：NVFP4 / FP8"))
+        .unwrap();
+    let note = |c: &str| t.row(c).unwrap()[t.column("说明").unwrap()].clone();
+    let n40 = note("40");
+    assert!(
+        n40.contains("NVFP4：输出长度不符，失败请求 2/120，客户端饱和，前缀缓存命中率未知"),
+        "{n40}"
+    );
+    assert!(note("10").contains("FP8：前缀缓存命中率 96.62%（高于 10.00%），未测得 TPOT"));
+    assert_eq!(t.row("10").unwrap()[t.column("TPOT").unwrap()], "—");
+
+    // Without the caveats (hit rates known and low on both sides) the row is clean.
+    for id in ["qwen3-14b/fp8/vllm/c10", "qwen3-14b/nvfp4/vllm/c10"] {
+        campaign.edit_result(id, |c| {
+            c.server_metrics.prefix_cache_hit_rate = Some(0.0);
+            c.summary.tpot_ms = Some(runner::stats::Dist::of([25.0]).unwrap());
+        });
+    }
+    let ours = tables(&campaign.summary());
+    let t = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 14B：NVFP4 / FP8"))
+        .unwrap();
+    assert_eq!(t.row("10").unwrap()[t.column("说明").unwrap()], "");
+}
+
+#[test]
+fn charts_are_svg_per_model_with_every_precision_and_linked() {
     let campaign = Campaign::new("");
     let files = campaign.render();
     let md = std::fs::read_to_string(&files.summary).unwrap();
@@ -453,26 +514,78 @@ fn charts_are_svg_per_model_and_precision_and_linked() {
     assert_eq!(
         names,
         [
-            "qwen25-72b-fp8.svg",
-            "qwen3-14b-fp8.svg",
-            "qwen3-14b-nvfp4.svg",
-            "qwen3-32b-fp8.svg",
-            "qwen3-32b-nvfp4.svg"
+            "qwen25-72b-by-concurrency.svg",
+            "qwen25-72b-interactivity.svg",
+            "qwen3-14b-by-concurrency.svg",
+            "qwen3-14b-interactivity.svg",
+            "qwen3-32b-by-concurrency.svg",
+            "qwen3-32b-interactivity.svg",
         ]
     );
     for path in &files.charts {
         let svg = std::fs::read_to_string(path).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains("TTFT mean (ms)"));
         let name = path.file_name().unwrap().to_string_lossy();
         assert!(
             md.contains(&format!("](charts/{name})")),
             "{name} not linked"
         );
     }
-    // Three 14B FP8 points in each of the three panels.
-    let svg = std::fs::read_to_string(files.report_dir().join("charts/qwen3-14b-fp8.svg")).unwrap();
-    assert_eq!(svg.matches("<circle").count(), 9);
+    // Both 14B precisions on the same axes: FP8 at 1/10/40 and NVFP4 at 10/40/200, in each of the three
+    // panels, and once each in the interactivity chart.
+    let svg = |name: &str| std::fs::read_to_string(files.report_dir().join("charts").join(name));
+    let by_c = svg("qwen3-14b-by-concurrency.svg").unwrap();
+    assert_eq!(by_c.matches("<circle").count(), 6 * 3);
+    for text in [
+        "FP8",
+        "NVFP4",
+        "TTFT 均值（ms，对数坐标）",
+        "并发数（对数坐标）",
+    ] {
+        assert!(by_c.contains(text), "{text}");
+    }
+    let inter = svg("qwen3-14b-interactivity.svg").unwrap();
+    assert_eq!(inter.matches("<circle").count(), 6);
+    for text in ["c=200", "帕累托前沿", "每 GPU 输出吞吐（tokens/s/GPU）"] {
+        assert!(inter.contains(text), "{text}");
+    }
+    // The caption says how interactivity is defined and that GPUs were assumed, not known.
+    assert!(md.contains("单用户解码速度 = 1000 / 平均 TPOT"));
+    assert!(
+        md.contains("服务参数未给出 GPU 数（如 tensor_parallel_size），按每个服务 1 个 GPU 计")
+    );
+}
+
+/// Every chart is a well-formed SVG that a real renderer draws: some pixels in its plot area are not
+/// white. (Text needs fonts, which a test machine may lack; lines and points do not.)
+#[test]
+fn every_chart_renders_with_a_real_svg_renderer() {
+    let campaign = Campaign::new("");
+    let files = campaign.render();
+    assert!(!files.charts.is_empty());
+    for path in &files.charts {
+        let data = std::fs::read(path).unwrap();
+        let tree = resvg::usvg::Tree::from_data(&data, &resvg::usvg::Options::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let size = tree.size().to_int_size();
+        let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).unwrap();
+        resvg::render(&tree, Default::default(), &mut pixmap.as_mut());
+        // The plot area: below the title and legend, inside the axes' margins.
+        let (w, h) = (size.width(), size.height());
+        let drawn = (h / 5..h * 9 / 10)
+            .flat_map(|y| (w / 8..w * 9 / 10).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = pixmap.pixel(x, y).unwrap();
+                p.alpha() > 0 && (p.red() < 200 || p.green() < 200 || p.blue() < 200)
+            })
+            .count();
+        // One measured point alone covers about 50 pixels.
+        assert!(
+            drawn > 30,
+            "{}: only {drawn} dark pixels in the plot area",
+            path.display()
+        );
+    }
 }
 
 trait ReportDir {
@@ -520,9 +633,10 @@ fn summary_sections_and_environment_follow_the_seed() {
         "## 1) 测试概览",
         "## 2) 指标说明（读表指南）",
         "## 3) FP8 结果汇总",
-        "## 3B) FP4（NVFP4） 结果补充",
+        "## 3B) FP4（NVFP4）结果补充",
         "## 3C) 精度对比（比值）",
-        "## 3D) NVFP（NVFP4）特性简介",
+        "## 3D) 图表",
+        "## 3E) NVFP（NVFP4）特性简介",
         "## 4) 结果解读（面向客户的要点）",
         "## 5) Azure 上的 GPU VM 与环境简介（概述）",
         "## 6) 数据来源（原始记录）",
@@ -1129,11 +1243,195 @@ timeout = "30s"
     assert_no_usage_rows(&md, &["1", "4"]);
     assert_no_usage_csv(&results.join("cells.csv"), 2);
 
-    // Chart: TTFT's two points, none for throughput or TPOT (not even at 0).
-    let svg = std::fs::read_to_string(results.join("report/charts/tiny-fp8.svg")).unwrap();
+    // Charts: TTFT's two points, none for throughput or TPOT (not even at 0), and no interactivity point.
+    let charts = results.join("report/charts");
+    let svg = std::fs::read_to_string(charts.join("tiny-by-concurrency.svg")).unwrap();
     assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
-    assert!(svg.contains("TPOT mean (ms): not measured"));
-    assert!(svg.contains("Output throughput (tok/s): not measured"));
+    assert!(svg.contains("TPOT 均值（ms）：未测得"));
+    assert!(svg.contains("输出吞吐（tokens/s）：未测得"));
+    let svg = std::fs::read_to_string(charts.join("tiny-interactivity.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 0, "{svg}");
+}
+
+/// The demo's shape: each model × precision sets its own simulated speeds through `[[matrix.include]]`.
+/// Results are written for every planned cell (from one stored demo result, scaled per precision so the
+/// two precisions differ); no server runs.
+fn demo_campaign() -> Campaign {
+    let text =
+        std::fs::read_to_string(crate::common::repo().join("experiments/demo.toml")).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let campaign = Campaign::of(&text, "results/demo", empty.path());
+    let template =
+        std::fs::read_to_string(schema1_dir().join("demo/cells/demo-14b/fp8/sim/c1/result.json"))
+            .unwrap();
+    for server in &campaign.plan.servers {
+        for cell in &server.points {
+            let mut result: CellResult = serde_json::from_str(&template).unwrap();
+            result.id = cell.id.clone();
+            result.hash = cell.hash.clone();
+            result.server_id = server.id.clone();
+            result.model = server.model.clone();
+            result.precision = server.precision.clone();
+            result.engine = server.engine.clone();
+            result.vars = server
+                .cell_vars(cell)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            // NVFP4 measured 25 % more output throughput than FP8 at every point.
+            let speed = if server.precision == "nvfp4" {
+                1.25
+            } else {
+                1.0
+            };
+            let s = &mut result.summary;
+            s.output_tokens_per_s = s
+                .output_tokens_per_s
+                .map(|x| x * speed * f64::from(cell.load.concurrency));
+            let dir = campaign.store.cell_dir(cell);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("result.json"),
+                serde_json::to_string(&result).unwrap(),
+            )
+            .unwrap();
+        }
+    }
+    campaign
+}
+
+#[test]
+fn the_demo_compares_its_precisions_although_includes_set_their_speeds() {
+    let campaign = demo_campaign();
+    let files = campaign.render();
+    let md = std::fs::read_to_string(&files.summary).unwrap();
+    assert!(!md.contains("暂无可对比的数据"), "{md}");
+    let ours = tables(&md);
+    for (model, setup) in [
+        (
+            "Demo 14B：NVFP4 / FP8（sim）",
+            "随精度设定的参数：NVFP4：decode_step_ms=4，prefill_tokens_per_s=50000；FP8：decode_step_ms=5，prefill_tokens_per_s=40000",
+        ),
+        (
+            "Demo 32B：NVFP4 / FP8（sim）",
+            "随精度设定的参数：NVFP4：decode_step_ms=7，prefill_tokens_per_s=26000；FP8：decode_step_ms=9，prefill_tokens_per_s=20000",
+        ),
+    ] {
+        let t = ours
+            .iter()
+            .find(|t| t.heading == model)
+            .unwrap_or_else(|| panic!("no table {model}"));
+        let concs: Vec<&str> = t.rows.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(concs, ["1", "4", "16"], "{model}: every concurrency");
+        let out = t.column("输出吞吐").unwrap();
+        assert!(t.rows.iter().all(|r| r[out] == "1.250×"), "{:?}", t.rows);
+        assert!(md.contains(setup), "{setup}");
+    }
+    // One engine only: no engine comparison section.
+    assert!(!md.contains("引擎对比"));
+
+    // The record labels each precision's parameters instead of listing them side by side.
+    let record = std::fs::read_to_string(
+        files
+            .summary
+            .parent()
+            .unwrap()
+            .join("records/demo-14b.zh.md"),
+    )
+    .unwrap();
+    assert!(
+        record.contains("- 关键参数：FP8：decode_step_ms=5，prefill_tokens_per_s=40000；FP4（NVFP4）：decode_step_ms=4，prefill_tokens_per_s=50000"),
+        "{record}"
+    );
+    assert!(record.contains("## 精度对比（比值）") && record.contains("随精度设定的参数：NVFP4："));
+
+    // Both precisions on the same axes, in both charts of each model.
+    let svg = std::fs::read_to_string(
+        files
+            .summary
+            .parent()
+            .unwrap()
+            .join("charts/demo-14b-by-concurrency.svg"),
+    )
+    .unwrap();
+    assert!(svg.contains(">\nFP8\n<") || svg.contains("FP8"));
+    assert!(svg.contains("NVFP4"));
+    assert_eq!(svg.matches("<circle").count(), 2 * 3 * 3);
+}
+
+/// A model and precision measured on two engines gets an engine table; a variable an include sets for
+/// one engine and precision (SGLang's FP8 KV cache) is listed under the tables it is tied to.
+#[test]
+fn engines_are_compared_where_a_model_and_precision_ran_on_two() {
+    let text = r#"
+title = "two engines"
+results_dir = "results/two"
+[engines.vllm]
+preset = "sim"
+command = "{{ runner }} sim --port {{ port }}"
+[engines.sglang]
+preset = "sim"
+command = "{{ runner }} sim --port {{ port }}{% if kv_cache_dtype is defined %} --x {{ kv_cache_dtype }}{% endif %}"
+[models.m]
+input_tokens = 64
+output_tokens = 8
+[models.m.precisions]
+fp8 = { path = "sim/m-fp8" }
+nvfp4 = { path = "sim/m-nvfp4" }
+[matrix]
+model = "m"
+precision = ["fp8", "nvfp4"]
+engine = ["vllm", "sglang"]
+concurrency = [1]
+[[matrix.include]]
+engine = "sglang"
+precision = "fp8"
+kv_cache_dtype = "fp8_e5m2"
+"#;
+    let empty = tempfile::tempdir().unwrap();
+    let campaign = Campaign::of(text, "results/two", empty.path());
+    let template =
+        std::fs::read_to_string(schema1_dir().join("demo/cells/demo-14b/fp8/sim/c1/result.json"))
+            .unwrap();
+    for server in &campaign.plan.servers {
+        for cell in &server.points {
+            let mut result: CellResult = serde_json::from_str(&template).unwrap();
+            result.id = cell.id.clone();
+            result.hash = cell.hash.clone();
+            result.model = server.model.clone();
+            result.precision = server.precision.clone();
+            result.engine = server.engine.clone();
+            let dir = campaign.store.cell_dir(cell);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("result.json"),
+                serde_json::to_string(&result).unwrap(),
+            )
+            .unwrap();
+        }
+    }
+    let md = campaign.summary();
+    assert!(md.contains("## 3D) 引擎对比（比值）"), "{md}");
+    let ours = tables(&md);
+    let headings: Vec<&str> = ours.iter().map(|t| t.heading.as_str()).collect();
+    for h in [
+        "m：NVFP4 / FP8（vllm）",
+        "m：NVFP4 / FP8（sglang）",
+        "m · FP8：sglang / vllm",
+        "m · FP4 / NVFP4：sglang / vllm",
+    ] {
+        let t = ours
+            .iter()
+            .find(|t| t.heading == h)
+            .unwrap_or_else(|| panic!("no table {h} in {headings:?}"));
+        assert_eq!(t.rows.len(), 1);
+        assert_eq!(t.rows[0][t.column("QPS").unwrap()], "1.000×");
+    }
+    assert!(
+        md.contains("随精度设定的参数：NVFP4：kv_cache_dtype 未设置；FP8：kv_cache_dtype=fp8_e5m2")
+    );
+    assert!(md.contains(
+        "随引擎设定的参数：sglang：kv_cache_dtype=fp8_e5m2；vllm：kv_cache_dtype 未设置"
+    ));
 }
 
 /// Cost and energy per token from stored telemetry and `[cost]`, checked against figures worked out by
@@ -1214,7 +1512,7 @@ fn cost_and_energy_per_token_from_stored_telemetry_and_prices() {
     assert!(md.contains("c=40：NVFP4 每百万输出 token 成本为 FP8 的 0.838×"));
 
     // The 成本与能耗 section: the prices, the cheapest configuration, the per-cell figures.
-    assert!(md.contains("## 3E) 成本与能耗"), "{md}");
+    assert!(md.contains("## 3F) 成本与能耗"), "{md}");
     assert!(md.contains("每 VM 小时 10 USD（1 块 GPU"));
     assert!(md.contains("**最便宜的配置**：") && md.contains("未设置 slo_ttft"));
     let cost = ours

@@ -1,6 +1,7 @@
 //! The one integration-test binary (see STYLE: one binary, helper modules), one module per area.
 
 mod common;
+mod compare;
 mod cpu_engines;
 mod experiment;
 mod layout;

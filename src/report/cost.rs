@@ -319,7 +319,7 @@ pub fn sections(
         let headline = headline(&cells, cost, &label);
         let ratio_lines = ratios
             .iter()
-            .filter(|t| t.heading.starts_with(&format!("{}：", model.name)))
+            .filter(|t| t.model_id == model.id)
             .flat_map(|t| {
                 t.rows.iter().filter(|r| r.cost_out != NONE).map(move |r| {
                     format!(

@@ -133,6 +133,11 @@ pub fn engine_label(preset: crate::engine::Preset, engine: &str, version: Option
                 .unwrap_or("")
         })
         .unwrap_or("");
+    // The simulated engine is this binary; its version line is `runner 0.1.0`.
+    let version = match preset {
+        Preset::Sim => version.strip_prefix("runner ").unwrap_or(version),
+        _ => version,
+    };
     if version.is_empty() {
         name.to_string()
     } else if version
@@ -208,6 +213,10 @@ mod tests {
             "vLLM 0.12.0"
         );
         assert_eq!(engine_label(Preset::Sglang, "sglang", None), "SGLang");
+        assert_eq!(
+            engine_label(Preset::Sim, "sim", Some("runner 0.1.0\n")),
+            "runner sim 0.1.0"
+        );
         assert_eq!(
             engine_label(Preset::LlamaCpp, "l", Some("version: 1 (abc)")),
             "version: 1 (abc)"

@@ -13,11 +13,18 @@
 //!   renders everything else, names the file in the summary and in [`ReportFiles::unreadable`] for the
 //!   caller to print. Only an unreadable results directory fails the report.
 
+pub mod caveat;
+pub mod chart_view;
 pub mod charts;
+pub mod compare;
+pub mod comparisons;
 pub mod cost;
 pub mod csv;
 pub mod explain;
 pub mod format;
+pub mod metric;
+pub mod pairing;
+pub mod ratio;
 pub mod view;
 
 use std::collections::HashMap;
@@ -65,8 +72,8 @@ pub fn render_all(exp: &Experiment, plan: &Plan, store: &Store) -> anyhow::Resul
         records.push((model.record.clone(), text));
     }
     let mut charts = Vec::new();
-    for chart in &report.charts {
-        charts.push((chart.file.clone(), charts::render(chart)?));
+    for model in &report.charts {
+        charts.extend(charts::render(&model.set)?);
     }
     let csv_bytes = csv::to_csv(&csv_order(plan, &stored), exp.cost.as_ref())?;
 

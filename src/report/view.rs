@@ -12,16 +12,24 @@ use std::collections::HashMap;
 use indexmap::IndexMap;
 use serde::Serialize;
 
+use super::caveat::{self, Kind};
+pub use super::chart_view::{ChartLinks, ModelCharts};
 use super::format::{self, NONE};
+use super::metric::Metric;
+use super::pairing::Across;
+pub use super::ratio::RatioRow;
+use super::{chart_view, comparisons};
 use crate::envinfo::Environment;
 use crate::experiment::load::PromptMode;
 use crate::experiment::{AXES, Experiment};
 use crate::plan::{CellPlan, Plan, ServerPlan};
-use crate::stats::{Dist, TokenCheck};
 use crate::store::{CellFailure, CellResult, ServerRecord, ServerStatus};
 
 /// The warning marker placed right after a suspect number.
 pub const MARK: &str = " ⚠";
+
+/// A measured cell with its server and plan: what comparisons and charts are built from.
+pub type Done<'a> = (&'a ServerPlan, &'a CellPlan, &'a CellResult);
 
 /// What the store holds, indexed for the report.
 pub struct Stored {
@@ -88,8 +96,6 @@ pub struct Table {
     pub server_id: String,
     /// Server variables other than model/precision/engine, `name=value`.
     pub params: Vec<String>,
-    /// Chart file name under `report/charts/`, when the chart has data.
-    pub chart: Option<String>,
     pub rows: Vec<Row>,
     /// `c=40：…` for each warning of a row.
     pub warnings: Vec<String>,
@@ -104,30 +110,23 @@ pub struct Section {
     pub number: String,
     pub precision: String,
     pub label: String,
+    /// The label as a heading starts with it, before `结果`: `FP8 ` (a space after Latin text) or
+    /// `FP4（NVFP4）` (none after a full-width bracket).
+    pub heading: String,
     pub tables: Vec<Table>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct RatioRow {
-    pub concurrency: String,
-    /// Why the ratio may mislead (different load settings), or empty.
-    pub note: String,
-    pub qps: String,
-    pub decode_tps: String,
-    pub output_tps: String,
-    pub ttft: String,
-    pub e2e: String,
-    pub tpot: String,
-    /// Cost per 1M output tokens (`—` without `[cost]` or a figure on either side).
-    pub cost_out: String,
-}
-
-/// One precision against the model's first precision, same engine and server settings.
+/// One precision (engine) against the first one of its model and engine (precision), pairing servers
+/// as [`super::pairing`] decides and cells at the same concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct RatioTable {
+    pub model_id: String,
     pub heading: String,
     pub numerator: String,
     pub denominator: String,
+    /// The variables tied to the compared precision (engine), per side:
+    /// `NVFP4：decode_step_ms=4；FP8：decode_step_ms=5`; empty when none.
+    pub setup: String,
     pub rows: Vec<RatioRow>,
 }
 
@@ -148,7 +147,11 @@ pub struct ModelInfo {
     pub engines: String,
     /// When each precision was measured (first cell's start): `FP8=2025-12-18 10:39:40 +08:00；…`
     pub times: String,
+    /// Server variables: those all servers share, then each server's own labelled with its precision
+    /// (and engine): `FP8：decode_step_ms=5，…；FP4（NVFP4）：decode_step_ms=4，…`.
     pub params: String,
+    /// The model's charts, when any of its cells was measured.
+    pub charts: Option<ChartLinks>,
 }
 
 /// Captured environment, ready to print.
@@ -178,28 +181,13 @@ pub struct Counts {
     pub unreadable: usize,
 }
 
-/// One chart's data: per model and precision, one series per server configuration.
-#[derive(Debug, Clone)]
-pub struct ChartData {
-    pub file: String,
-    pub title: String,
-    pub series: Vec<Series>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Series {
-    pub label: String,
-    /// (concurrency, [output tokens/s, TTFT mean ms, TPOT mean ms]), sorted by concurrency; a metric
-    /// that was not measured is `None` and gets no point.
-    pub points: Vec<(f64, [Option<f64>; 3])>,
-}
-
 /// Everything the templates see, plus the chart data.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub title: String,
     pub generated_at: String,
     pub experiment_file: String,
+    /// `FP8/FP4（NVFP4）`, spaced for the Chinese text that follows (see [`spaced`]).
     pub precision_list: String,
     pub concurrencies: String,
     pub prompt_modes: String,
@@ -207,6 +195,11 @@ pub struct Report {
     pub sections: Vec<Section>,
     pub ratio_number: String,
     pub ratios: Vec<RatioTable>,
+    /// The engine comparison's section number, when a model and precision ran on several engines.
+    pub engine_number: Option<String>,
+    pub engine_ratios: Vec<RatioTable>,
+    /// The charts section's number, when any model has charts.
+    pub charts_number: Option<String>,
     pub nvfp4_number: Option<String>,
     pub hardware: serde_json::Map<String, serde_json::Value>,
     /// `[hardware]` keys the templates do not print by name.
@@ -230,7 +223,7 @@ pub struct Report {
     pub cost_basis: String,
     pub costs: Vec<super::cost::CostModel>,
     #[serde(skip)]
-    pub charts: Vec<ChartData>,
+    pub charts: Vec<ModelCharts>,
 }
 
 /// Per-model record context: the report's shared facts with only this model's sections.
@@ -242,6 +235,7 @@ pub struct Record<'a> {
     pub model_sections: Vec<Section>,
     pub model_ratios: Vec<RatioTable>,
     pub model_cost: Option<super::cost::CostModel>,
+    pub model_engine_ratios: Vec<RatioTable>,
 }
 
 const HARDWARE_KEYS: &[&str] = &["vm", "vcpu", "memory", "gpu", "spec_url"];
@@ -251,9 +245,8 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
     let threshold = exp.report.prefix_cache_warn_above;
     let mut counts = Counts::default();
     let mut sections: IndexMap<String, Section> = IndexMap::new();
-    let mut charts: IndexMap<(String, String), ChartData> = IndexMap::new();
     let mut warnings = Vec::new();
-    let mut done_cells: Vec<(&ServerPlan, &CellPlan, &CellResult)> = Vec::new();
+    let mut done_cells: Vec<Done> = Vec::new();
 
     let siblings = |s: &ServerPlan| -> Vec<&ServerPlan> {
         plan.servers
@@ -284,7 +277,6 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         let (section_label, inline_label) = format::precision_labels(&server.precision);
 
         let mut rows = Vec::new();
-        let mut points = Vec::new();
         for cell in &server.points {
             counts.total += 1;
             let row = match stored.results.get(&cell.id) {
@@ -296,15 +288,6 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
                         counts.done += 1;
                     }
                     done_cells.push((server, cell, result));
-                    let s = &result.summary;
-                    points.push((
-                        f64::from(cell.load.concurrency),
-                        [
-                            s.output_tokens_per_s,
-                            Dist::mean_of(&s.ttft_ms),
-                            Dist::mean_of(&s.tpot_ms),
-                        ],
-                    ));
                     let mut row = measured_row(cell, result, changed, preset, threshold);
                     super::cost::annotate(&mut row, result, exp.cost.as_ref());
                     row
@@ -339,31 +322,8 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         if sibs.iter().any(|o| o.engine != server.engine) {
             heading.push_str(&format!(" · {}", server.engine));
         }
-        for (k, v) in server
-            .vars
-            .iter()
-            .filter(|(k, _)| !AXES.contains(&k.as_str()))
-        {
-            if sibs.iter().any(|o| o.vars.get(k) != Some(v)) {
-                heading.push_str(&format!(" · {k}={v}"));
-            }
-        }
-        let chart_key = (server.model.clone(), server.precision.clone());
-        let chart = charts.entry(chart_key).or_insert_with(|| ChartData {
-            file: format!(
-                "{}.svg",
-                file_stem(&format!("{}-{}", server.model, server.precision))
-            ),
-            title: format!("{} · {}", model.name, inline_label),
-            series: Vec::new(),
-        });
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if !points.is_empty() {
-            let mut label = server.engine.clone();
-            for p in &params {
-                label.push_str(&format!(" {p}"));
-            }
-            chart.series.push(Series { label, points });
+        for p in differing_vars(server, &sibs) {
+            heading.push_str(&format!(" · {p}"));
         }
 
         let explanations = super::explain::ttft_jumps(
@@ -387,6 +347,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
             .or_insert_with(|| Section {
                 number: String::new(),
                 precision: server.precision.clone(),
+                heading: spaced(&section_label),
                 label: section_label,
                 tables: Vec::new(),
             });
@@ -402,7 +363,6 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
             engine_label,
             server_id: server.id.clone(),
             params,
-            chart: None,
             rows,
             warnings: table_warnings,
             explanations,
@@ -415,23 +375,31 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         section.number = section_number(i);
         for (j, table) in section.tables.iter_mut().enumerate() {
             table.number = format!("{}.{}", section.number, j + 1);
-            let key = (table.model_id.clone(), table.precision.clone());
-            table.chart = charts
-                .get(&key)
-                .filter(|c| !c.series.is_empty())
-                .map(|c| c.file.clone());
         }
     }
-    let ratio_number = section_number(sections.len());
-    let nvfp4_number = sections
-        .iter()
-        .any(|s| s.precision.eq_ignore_ascii_case("nvfp4"))
-        .then(|| section_number(sections.len() + 1));
-
-    let ratios = ratio_tables(exp, plan, &done_cells);
+    let ratios = comparisons::tables(exp, plan, &done_cells, Across::Precision);
+    let engine_ratios = comparisons::tables(exp, plan, &done_cells, Across::Engine);
+    let charts = chart_view::chart_sets(exp, plan, &done_cells);
+    // The sections after the results continue the seed's numbering (3C, 3D, …); optional ones take a
+    // number only when they are there.
+    let mut next = sections.len();
+    let mut number = |present: bool| {
+        present.then(|| {
+            next += 1;
+            section_number(next - 1)
+        })
+    };
+    let ratio_number = number(true).unwrap_or_default();
+    let engine_number = number(!engine_ratios.is_empty());
+    let charts_number = number(!charts.is_empty());
+    let nvfp4_number = number(
+        sections
+            .iter()
+            .any(|s| s.precision.eq_ignore_ascii_case("nvfp4")),
+    );
     let costs = super::cost::sections(exp, &done_cells, &ratios);
-    let cost_number = section_number(sections.len() + 1 + usize::from(nvfp4_number.is_some()));
-    let models = model_infos(exp, plan, stored, &sections);
+    let cost_number = number(!costs.is_empty()).unwrap_or_default();
+    let models = model_infos(exp, plan, stored, &sections, &charts);
 
     let mut concurrencies: Vec<u32> = plan
         .servers
@@ -456,17 +424,22 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         title: exp.title.clone(),
         generated_at: generated_at.to_string(),
         experiment_file: exp.file.display().to_string(),
-        precision_list: sections
-            .iter()
-            .map(|s| s.label.clone())
-            .collect::<Vec<_>>()
-            .join("/"),
+        precision_list: spaced(
+            &sections
+                .iter()
+                .map(|s| s.label.clone())
+                .collect::<Vec<_>>()
+                .join("/"),
+        ),
         concurrencies: join_nums(&concurrencies),
         prompt_modes: prompt_modes.join("；"),
         models,
         sections,
         ratio_number,
         ratios,
+        engine_number,
+        engine_ratios,
+        charts_number,
         nvfp4_number,
         hardware,
         hardware_extra,
@@ -486,10 +459,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         cost_number,
         cost_basis: super::cost::basis(exp.cost.as_ref()),
         costs,
-        charts: charts
-            .into_values()
-            .filter(|c| !c.series.is_empty())
-            .collect(),
+        charts,
     }
 }
 
@@ -511,12 +481,13 @@ pub fn record<'a>(report: &'a Report, model: &'a ModelInfo) -> Record<'a> {
             })
         })
         .collect();
-    let model_ratios = report
-        .ratios
-        .iter()
-        .filter(|r| r.heading.starts_with(&format!("{}：", model.name)))
-        .cloned()
-        .collect();
+    let of_model = |tables: &[RatioTable]| {
+        tables
+            .iter()
+            .filter(|r| r.model_id == model.id)
+            .cloned()
+            .collect()
+    };
     let model_cost = report
         .costs
         .iter()
@@ -526,14 +497,15 @@ pub fn record<'a>(report: &'a Report, model: &'a ModelInfo) -> Record<'a> {
         report,
         model,
         model_sections,
-        model_ratios,
+        model_ratios: of_model(&report.ratios),
+        model_engine_ratios: of_model(&report.engine_ratios),
         model_cost,
     }
 }
 
 /// The checkpoint's display name (or its path); the plan only has precisions the model defines, so the
 /// fallback to the bare precision key never shows in practice.
-fn checkpoint_name(model: &crate::experiment::Model, precision: &str) -> String {
+pub(super) fn checkpoint_name(model: &crate::experiment::Model, precision: &str) -> String {
     model
         .precisions
         .get(precision)
@@ -551,7 +523,7 @@ fn section_number(i: usize) -> String {
 }
 
 /// A file name from an id: only characters that are safe everywhere.
-fn file_stem(id: &str) -> String {
+pub(super) fn file_stem(id: &str) -> String {
     id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {
@@ -588,17 +560,9 @@ fn measured_row(
     threshold: f64,
 ) -> Row {
     let s = &result.summary;
-    let mut warnings = Vec::new();
-    let mut flag = |text: &mut String, warning: String| {
-        if !text.ends_with(MARK) {
-            text.push_str(MARK);
-        }
-        warnings.push(warning);
-    };
-
-    let mut qps = format::opt3(s.qps);
-    let mut ttft = format::opt3(Dist::mean_of(&s.ttft_ms));
-    let mut tpot = format::opt3(Dist::mean_of(&s.tpot_ms));
+    let mut qps = Metric::Qps.headline(s);
+    let mut ttft = Metric::Ttft.headline(s);
+    let mut tpot = Metric::Tpot.headline(s);
     let mut input_tokens = format::tokens(&s.input_tokens);
     let mut hit_rate = match result.server_metrics.prefix_cache_hit_rate {
         Some(rate) => format::percent(rate),
@@ -606,72 +570,24 @@ fn measured_row(
     };
     let mut output_check = output_check_text(s);
 
-    if let Some(rate) = result
-        .server_metrics
-        .prefix_cache_hit_rate
-        .filter(|r| *r > threshold)
-    {
-        flag(
-            &mut hit_rate,
-            format!(
-                "前缀缓存命中率 {} 高于阈值 {}：TTFT 与 Prompt TPS 可能因缓存命中而偏好",
-                format::percent(rate),
-                format::percent(threshold)
-            ),
-        );
-    }
-    if let Some(warning) = token_warning("输出", &s.output_tokens) {
-        flag(&mut output_check, warning);
-    }
-    if let Some(warning) = token_warning("输入", &s.input_tokens) {
-        flag(&mut input_tokens, warning);
-    }
-    if s.failed > 0 {
-        let kinds = s
-            .errors
-            .iter()
-            .map(|(k, n)| format!("{k}×{n}"))
-            .collect::<Vec<_>>()
-            .join("，");
-        flag(
-            &mut qps,
-            format!(
-                "失败请求 {}/{}（{kinds}）：QPS 与各项延迟只统计成功请求",
-                s.failed, s.requests
-            ),
-        );
-    }
-    if s.client.saturated {
-        let text = format!(
-            "客户端饱和（调度延迟 p99 {} ms，最大 {} ms）：TTFT/TPOT 可能被客户端拉高",
-            format::opt3(s.client.lag_ms_p99),
-            format::opt3(s.client.lag_ms_max)
-        );
-        flag(&mut ttft, text);
-        if !tpot.ends_with(MARK) {
-            tpot.push_str(MARK);
+    // Each caveat puts a ⚠ beside the figure it concerns and a sentence under the table.
+    let caveats = caveat::of_cell(result, &caveat_context(cell, threshold));
+    for c in &caveats {
+        let marked: &mut [&mut String] = match c.kind {
+            Kind::HitRate => &mut [&mut hit_rate],
+            Kind::Output => &mut [&mut output_check],
+            Kind::Input => &mut [&mut input_tokens],
+            Kind::Failed | Kind::Underloaded => &mut [&mut qps],
+            Kind::Saturated => &mut [&mut ttft, &mut tpot],
+            Kind::Changed => &mut [],
+        };
+        for text in marked.iter_mut() {
+            if !text.ends_with(MARK) {
+                text.push_str(MARK);
+            }
         }
     }
-    let expected_inflight = cell
-        .load
-        .concurrency
-        .min(cell.load.max_inflight.unwrap_or(u32::MAX))
-        .min(cell.load.requests);
-    if s.client.peak_inflight > 0 && s.client.peak_inflight < expected_inflight {
-        flag(
-            &mut qps,
-            format!(
-                "客户端最高在途请求数 {} 低于目标 {}：负载未达到设定并发",
-                s.client.peak_inflight, expected_inflight
-            ),
-        );
-    }
-    if changed {
-        warnings.push(format!(
-            "此结果来自不同的设置（结果 {} ≠ 计划 {}），重新运行可更新",
-            result.hash, cell.hash
-        ));
-    }
+    let warnings = caveats.into_iter().map(|c| c.text).collect();
 
     let mut remark = vec![format::engine_label(
         preset,
@@ -693,48 +609,30 @@ fn measured_row(
         },
         concurrency: cell.load.concurrency.to_string(),
         qps,
-        prompt_tps: format::opt3(s.prompt_tps),
-        decode_tps: format::opt3(s.decode_tps),
+        prompt_tps: Metric::PromptTps.headline(s),
+        decode_tps: Metric::DecodeTps.headline(s),
         ttft,
-        e2e: format::opt3(Dist::mean_of(&s.e2e_ms)),
+        e2e: Metric::E2e.headline(s),
         tpot,
         input_tokens,
         output_tokens: format::tokens(&s.output_tokens),
         hit_rate,
         output_check,
-        output_tps: format::opt3(s.output_tokens_per_s),
+        output_tps: Metric::OutputTps.headline(s),
         economy: super::cost::RowCost::none(),
         remark: format::cell_text(&remark.join("；")),
         warnings,
     }
 }
 
-/// The warning for token counts the server did not report as asked (`side` is 输入 or 输出): counts
-/// that differ, and requests whose count is unknown (no `usage`); `None` when every count was exact.
-fn token_warning(side: &str, check: &TokenCheck) -> Option<String> {
-    let mut parts = Vec::new();
-    if check.mismatched > 0 {
-        let range = match (check.min, check.max) {
-            (Some(lo), Some(hi)) => format!("（实际 {lo}–{hi}）"),
-            _ => String::new(),
-        };
-        parts.push(format!(
-            "{} 个请求的{side}不是 {} tokens{range}",
-            check.mismatched, check.expected
-        ));
+/// What the caveat checks need from the plan: the load the cell was asked for and its settings hash.
+pub(super) fn caveat_context(cell: &CellPlan, threshold: f64) -> caveat::Context<'_> {
+    let l = &cell.load;
+    caveat::Context {
+        expected_inflight: caveat::expected_inflight(l.concurrency, l.max_inflight, l.requests),
+        threshold,
+        plan_hash: Some(&cell.hash),
     }
-    if check.unknown > 0 {
-        parts.push(format!("{} 个请求未报告 usage", check.unknown));
-    }
-    if parts.is_empty() {
-        return None;
-    }
-    let what = if check.mismatched > 0 {
-        "长度不符"
-    } else {
-        "长度未知"
-    };
-    Some(format!("{side}{what}：{}", parts.join("，")))
 }
 
 /// `✓ 30/30` when every request produced exactly the requested length.
@@ -751,7 +649,7 @@ fn output_check_text(s: &crate::stats::Summary) -> String {
 }
 
 /// The load settings a reader needs next to a row: request count, explicit caps, arrival rate.
-fn load_remarks(cell: &CellPlan, measured: Option<u64>) -> Vec<String> {
+pub(super) fn load_remarks(cell: &CellPlan, measured: Option<u64>) -> Vec<String> {
     let l = &cell.load;
     let mut out = vec![format!(
         "{} req / c={}",
@@ -838,130 +736,12 @@ fn missing_row(server: &ServerPlan, cell: &CellPlan, missing: &Missing) -> Row {
     }
 }
 
-/// Ratio tables: each precision of a model against the model's first precision, pairing servers that
-/// agree on everything else (engine and server variables) and cells at the same concurrency.
-fn ratio_tables(
-    exp: &Experiment,
-    plan: &Plan,
-    done: &[(&ServerPlan, &CellPlan, &CellResult)],
-) -> Vec<RatioTable> {
-    let others = |s: &ServerPlan| {
-        s.vars
-            .iter()
-            .filter(|(k, _)| k.as_str() != "precision")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-    };
-    let mut tables = Vec::new();
-    for model in exp.models.values() {
-        let mut precisions: Vec<&str> = Vec::new();
-        for s in plan.servers.iter().filter(|s| s.model == model.id) {
-            if !precisions.contains(&s.precision.as_str()) {
-                precisions.push(&s.precision);
-            }
-        }
-        let Some((base, rest)) = precisions.split_first() else {
-            continue;
-        };
-        for base_server in plan
-            .servers
-            .iter()
-            .filter(|s| s.model == model.id && s.precision == *base)
-        {
-            for other in rest {
-                let Some(num_server) = plan.servers.iter().find(|s| {
-                    s.model == model.id && s.precision == *other && others(s) == others(base_server)
-                }) else {
-                    continue;
-                };
-                let find = |server: &ServerPlan, c: u32| {
-                    done.iter()
-                        .find(|(s, cell, _)| s.id == server.id && cell.load.concurrency == c)
-                        .map(|(_, cell, r)| (*cell, *r))
-                };
-                let mut concs: Vec<u32> = base_server
-                    .points
-                    .iter()
-                    .map(|c| c.load.concurrency)
-                    .collect();
-                concs.sort_unstable();
-                concs.dedup();
-                let rows: Vec<RatioRow> = concs
-                    .into_iter()
-                    .filter_map(|c| {
-                        let ((d_cell, d_result), (n_cell, n_result)) =
-                            (find(base_server, c)?, find(num_server, c)?);
-                        let (d, n) = (&d_result.summary, &n_result.summary);
-                        // A ratio needs both figures; one unmeasured side leaves it `—`.
-                        let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                            (Some(a), Some(b)) => format::ratio(a / b),
-                            _ => NONE.to_string(),
-                        };
-                        let mean = Dist::mean_of;
-                        // A ratio is only fair under the same load; say so where it is not (the
-                        // seed compared a run capped at 24 in flight with an uncapped one).
-                        let settings = |cell: &CellPlan| load_remarks(cell, None).split_off(1);
-                        let (ds, ns) = (settings(d_cell), settings(n_cell));
-                        let note = if ds == ns {
-                            String::new()
-                        } else {
-                            let text = |v: Vec<String>| {
-                                if v.is_empty() {
-                                    "无".to_string()
-                                } else {
-                                    v.join("，")
-                                }
-                            };
-                            format!("⚠ 负载设置不同：{} vs {}", text(ns), text(ds))
-                        };
-                        Some(RatioRow {
-                            note,
-                            concurrency: c.to_string(),
-                            qps: r(n.qps, d.qps),
-                            decode_tps: r(n.decode_tps, d.decode_tps),
-                            output_tps: r(n.output_tokens_per_s, d.output_tokens_per_s),
-                            ttft: r(mean(&n.ttft_ms), mean(&d.ttft_ms)),
-                            e2e: r(mean(&n.e2e_ms), mean(&d.e2e_ms)),
-                            tpot: r(mean(&n.tpot_ms), mean(&d.tpot_ms)),
-                            cost_out: super::cost::cost_ratio(
-                                n_result,
-                                d_result,
-                                exp.cost.as_ref(),
-                            ),
-                        })
-                    })
-                    .collect();
-                if rows.is_empty() {
-                    continue;
-                }
-                let (num_label, den_label) = (other.to_uppercase(), base.to_uppercase());
-                let mut heading = format!(
-                    "{}：{} / {}（{}",
-                    model.name, num_label, den_label, base_server.engine
-                );
-                for (k, v) in base_server.vars.iter() {
-                    if !AXES.contains(&k.as_str()) {
-                        heading.push_str(&format!("，{k}={v}"));
-                    }
-                }
-                heading.push('）');
-                tables.push(RatioTable {
-                    heading,
-                    numerator: num_label,
-                    denominator: den_label,
-                    rows,
-                });
-            }
-        }
-    }
-    tables
-}
-
 fn model_infos(
     exp: &Experiment,
     plan: &Plan,
     stored: &Stored,
     sections: &[Section],
+    charts: &[ModelCharts],
 ) -> Vec<ModelInfo> {
     let mut out = Vec::new();
     for model in exp.models.values() {
@@ -1006,17 +786,6 @@ fn model_infos(
             .map(|t| t.engine_label.clone())
             .collect();
         engines.dedup();
-        let mut params: Vec<String> = servers
-            .iter()
-            .flat_map(|s| {
-                s.vars
-                    .iter()
-                    .filter(|(k, _)| !AXES.contains(&k.as_str()))
-                    .map(|(k, v)| format!("{k}={v}"))
-            })
-            .collect();
-        params.sort();
-        params.dedup();
         let mut concs: Vec<u32> = servers
             .iter()
             .flat_map(|s| s.points.iter().map(|c| c.load.concurrency))
@@ -1040,10 +809,75 @@ fn model_infos(
             concurrencies: join_nums(&concs),
             engines: engines.join("、"),
             times,
-            params: params.join("；"),
+            params: labelled_params(&servers),
+            charts: charts
+                .iter()
+                .find(|c| c.model_id == model.id)
+                .map(|c| c.links.clone()),
         });
     }
     out
+}
+
+/// A model's server variables for its record: those every server shares once, then each server's own,
+/// labelled with its precision (and engine, when the model ran on several), so per-precision settings
+/// are never listed side by side without saying whose they are.
+fn labelled_params(servers: &[&ServerPlan]) -> String {
+    let params = |s: &ServerPlan| -> Vec<String> {
+        s.vars
+            .iter()
+            .filter(|(k, _)| !AXES.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    };
+    let Some(first) = servers.first() else {
+        return String::new();
+    };
+    let common: Vec<String> = params(first)
+        .into_iter()
+        .filter(|p| servers.iter().all(|s| params(s).contains(p)))
+        .collect();
+    let several_engines = servers.iter().any(|s| s.engine != first.engine);
+    let mut parts = common.clone();
+    for s in servers {
+        let own: Vec<String> = params(s)
+            .into_iter()
+            .filter(|p| !common.contains(p))
+            .collect();
+        if own.is_empty() {
+            continue;
+        }
+        let mut label = format::precision_labels(&s.precision).0;
+        if several_engines {
+            label.push_str(&format!(" · {}", s.engine));
+        }
+        let part = format!("{label}：{}", own.join("，"));
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join("；")
+}
+
+/// `name=value` of each server variable (not model, precision or engine) whose value is not the same
+/// across `peers`: what tells `server` apart from them.
+pub(super) fn differing_vars(server: &ServerPlan, peers: &[&ServerPlan]) -> Vec<String> {
+    server
+        .vars
+        .iter()
+        .filter(|(k, _)| !AXES.contains(&k.as_str()))
+        .filter(|(k, v)| peers.iter().any(|o| o.vars.get(*k) != Some(*v)))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+/// A label followed by Chinese text: a space after Latin text (`FP8 结果`), none after a full-width
+/// character (`FP4（NVFP4）结果`).
+fn spaced(label: &str) -> String {
+    match label.chars().last() {
+        Some(c) if c.is_ascii() => format!("{label} "),
+        _ => label.to_string(),
+    }
 }
 
 fn env_view(env: &Environment) -> EnvView {
