@@ -222,9 +222,6 @@ fn without_gpu_telemetry_every_gpu_figure_is_absent() {
         assert_eq!(&row[i], "", "{name} is unmeasured, not 0");
     }
     let md = std::fs::read_to_string(results.join("report/summary.zh.md")).unwrap();
-    assert!(
-        md.contains("无 GPU 遥测（GPU telemetry is turned off"),
-        "{md}"
-    );
+    assert!(md.contains("无 GPU 遥测（GPU 遥测已按设置关闭）"), "{md}");
     assert!(md.contains("每百万输出 token 成本无法计算"), "{md}");
 }

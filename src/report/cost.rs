@@ -475,7 +475,7 @@ fn telemetry_line(cells: &[&(&ServerPlan, &CellPlan, &CellResult)]) -> String {
     if sources.is_empty() {
         let why = cells
             .iter()
-            .find_map(|(_, _, r)| r.telemetry.gpu_note.clone())
+            .find_map(|(_, _, r)| r.telemetry.gpu_note.as_deref().map(format::note_zh))
             .unwrap_or_else(|| "结果中没有 GPU 遥测记录".into());
         return format!("无 GPU 遥测（{why}）：能耗、功率与利用率列为 —。");
     }

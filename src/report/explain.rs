@@ -60,8 +60,10 @@ pub fn server_state(r: &CellResult) -> String {
     if let Some(kv) = t.peak_kv_usage {
         facts.push(format!("KV cache 峰值 {}", format::percent(kv)));
     }
-    if let Some(w) = t.peak_waiting {
-        facts.push(format!("最多 {w:.0} 个请求排队"));
+    match t.peak_waiting {
+        Some(w) if w >= 1.0 => facts.push(format!("最多 {w:.0} 个请求排队")),
+        Some(_) => facts.push("没有请求排队".into()),
+        None => {}
     }
     if let Some(n) = t.peak_running {
         facts.push(format!("最多 {n:.0} 个请求同时运行"));
@@ -79,13 +81,13 @@ pub fn server_state(r: &CellResult) -> String {
         (false, true) => "请求在服务端排队等待调度（批大小上限或 token 预算）",
         (true, false) => "KV cache 已满但无排队",
         (false, false) => match t.peak_waiting {
-            Some(_) => "服务端没有排队：TTFT 的增加来自同时进行的 prefill 计算",
+            Some(_) => "TTFT 的增加来自同时进行的 prefill 计算",
             None => "",
         },
     };
     let mut text = facts.join("，");
     if !reading.is_empty() {
-        text.push_str(&format!("：{reading}"));
+        text.push_str(&format!("；{reading}"));
     }
     text.push('。');
     text

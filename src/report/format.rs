@@ -165,6 +165,37 @@ pub fn local_time(rfc3339: &str) -> String {
         .unwrap_or_else(|_| rfc3339.to_string())
 }
 
+/// A note the runner recorded in English (why there is no GPU telemetry, why `nvidia-smi` gave nothing)
+/// as the Chinese report says it. Notes it does not know are quoted as they are, as a technical detail.
+pub fn note_zh(note: &str) -> String {
+    const KNOWN: &[(&str, &str)] = &[
+        (
+            "no GPU telemetry on this host",
+            "本机既没有 NVML 也没有 nvidia-smi，即没有 NVIDIA GPU 驱动",
+        ),
+        (
+            "nvidia-smi not found",
+            "未找到 nvidia-smi，即本机没有 NVIDIA GPU 驱动",
+        ),
+        (
+            "the server runs on another host",
+            "服务器运行在另一台主机上，本机无法采样它的 GPU",
+        ),
+        (
+            "the server was given no GPU",
+            "服务器未分配 GPU（CUDA_VISIBLE_DEVICES 为空）",
+        ),
+        ("GPU telemetry is turned off", "GPU 遥测已按设置关闭"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(prefix, _)| note.starts_with(prefix))
+        .map_or_else(
+            || format!("原因：`{}`", note.replace('`', "'")),
+            |(_, zh)| (*zh).to_string(),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +257,19 @@ mod tests {
     #[test]
     fn table_cells_cannot_break_the_table() {
         assert_eq!(cell_text("a | b\nc"), "a \\| b c");
+    }
+
+    #[test]
+    fn notes_read_in_chinese_or_are_quoted() {
+        assert_eq!(
+            note_zh(
+                "no GPU telemetry on this host: no NVML (libnvidia-ml.so.1: cannot open) and no nvidia-smi"
+            ),
+            "本机既没有 NVML 也没有 nvidia-smi，即没有 NVIDIA GPU 驱动"
+        );
+        assert_eq!(
+            note_zh("nvidia-smi failed (exit code 9): NVIDIA-SMI has failed"),
+            "原因：`nvidia-smi failed (exit code 9): NVIDIA-SMI has failed`"
+        );
     }
 }

@@ -930,7 +930,11 @@ fn env_view(env: &Environment) -> EnvView {
         } else {
             gpu_line
         },
-        gpu_note: env.gpu_note.clone().unwrap_or_default(),
+        gpu_note: env
+            .gpu_note
+            .as_deref()
+            .map(format::note_zh)
+            .unwrap_or_default(),
         mig: if mig.is_empty() {
             NONE.to_string()
         } else {
