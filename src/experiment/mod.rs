@@ -9,9 +9,11 @@
 //! a file valid here is valid on the GPU host it is written for.
 
 pub mod diag;
+pub mod executor;
 pub mod expr;
 pub mod load;
 mod raw;
+pub mod rehearse;
 pub mod scalar;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub struct Experiment {
     /// `[load]`: the lowest layer of load settings.
     pub load: IndexMap<String, Layered>,
     pub report: ReportSettings,
+    /// `[executor]`: where and when each server configuration runs (`--executor` overrides the kind).
+    pub executor: executor::Executor,
     /// Values never to be shown: those of `${VAR}` whose name looks secret, and every `api_key`.
     pub secrets: Secrets,
 }
@@ -67,6 +71,9 @@ pub struct Engine {
     /// Sent as `Authorization: Bearer …` with every request to the server; never written anywhere.
     pub api_key: Option<ApiKey>,
     pub defaults: Defaults,
+    /// In a rehearsal, the real engine's templates: a matrix variable they use is not unused, although
+    /// the simulator's command does not mention it.
+    pub rehearsal_of: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +167,8 @@ pub const BUILTIN_VARS: &[&str] = &[
     "runner",
     "results_dir",
     "server_id",
+    "gpus",
+    "gpu_count",
 ];
 
 /// Reads and validates an experiment file. `Err` carries every problem found.
@@ -291,6 +300,9 @@ fn unknown_key(diags: &mut Diagnostics, locator: &Locator, path: &[String]) {
             (format!("[models.{id}.precisions.{p}]"), PRECISION_KEYS)
         }
         ["report", _] => ("[report]".into(), REPORT_KEYS),
+        ["executor", _] => ("[executor]".into(), executor::EXECUTOR_KEYS),
+        ["executor", "local", _] => ("[executor.local]".into(), executor::LOCAL_KEYS),
+        ["executor", "slurm", _] => ("[executor.slurm]".into(), executor::SLURM_KEYS),
         _ => ("this table".into(), &[]),
     };
     let key = segs.last().copied().unwrap_or_default();
@@ -433,6 +445,7 @@ impl Validator<'_> {
         let load = self.load_layer(&["load"], raw.load.unwrap_or_default());
         let matrix = self.matrix(raw.matrix, &engines, &models);
         let report = self.report(raw.report.unwrap_or_default());
+        let executor = self.executor(raw.executor);
         Experiment {
             file: file.to_path_buf(),
             source: source.to_string(),
@@ -445,6 +458,7 @@ impl Validator<'_> {
             matrix,
             load,
             report,
+            executor,
             secrets: self.secrets.clone(),
         }
     }
@@ -636,6 +650,7 @@ impl Validator<'_> {
             gpu_release_timeout,
             api_key,
             defaults: d,
+            rehearsal_of: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ pub const TOP_KEYS: &[&str] = &[
     "matrix",
     "load",
     "report",
+    "executor",
 ];
 pub const ENGINE_KEYS: &[&str] = &[
     "preset",
@@ -67,6 +68,7 @@ pub struct RawExperiment {
     /// Load settings; checked key by key in `load_settings`, because matrix variables can override them.
     pub load: Option<IndexMap<String, toml::Value>>,
     pub report: Option<RawReport>,
+    pub executor: Option<super::executor::RawExecutor>,
 }
 
 #[derive(Debug, Deserialize, Default)]
