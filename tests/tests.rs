@@ -2,6 +2,7 @@
 
 mod common;
 mod cpu_engines;
+mod executor;
 mod experiment;
 mod layout;
 mod load;
@@ -10,3 +11,4 @@ mod run;
 mod secrets;
 mod server;
 mod sim;
+mod slurm;
