@@ -295,3 +295,89 @@ fn a_rehearsal_runs_the_real_campaign_file_on_the_simulated_engine() {
     assert_eq!(cell["load"]["input_tokens"], 10000);
     assert!(!tmp.path().join("results/rtxpro6000").exists());
 }
+
+#[test]
+fn the_report_shows_where_each_server_ran_only_when_nodes_differ() {
+    let body =
+        four_servers("[executor.local]\ngpus = [0, 1]\n").replace("step = [25, 26]", "step = [2]");
+    let (_tmp, dir) = setup(&body);
+    let out = run_in(&dir, &["four.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let results = dir.join("results/four");
+    let summary = || std::fs::read_to_string(results.join("report/summary.zh.md")).unwrap();
+    assert!(!summary().contains("运行位置"), "one node: no table");
+    // As if the second configuration had run on another node, with its own environment record.
+    let path = results.join("servers/tiny/b/sim/server.json");
+    let mut record = json(&path);
+    record["node"] = "gpu-node-7".into();
+    std::fs::write(&path, record.to_string()).unwrap();
+    let mut env = json(&results.join("environment.json"));
+    env["host"] = "gpu-node-7".into();
+    env["gpus"] = serde_json::json!([{ "name": "NVIDIA H100", "memory_total": "81559 MiB", "driver": "580.1" }]);
+    let node_env = results.join("nodes/gpu-node-7/environment.json");
+    std::fs::create_dir_all(node_env.parent().unwrap()).unwrap();
+    std::fs::write(&node_env, env.to_string()).unwrap();
+    let out = run_in(&dir, &["report", "four.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = summary();
+    assert!(summary.contains("运行位置"), "{summary}");
+    assert!(
+        summary.contains("| tiny/b/sim | gpu-node-7 | local | 1 | NVIDIA H100, 81559 MiB, 580.1 |"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn one_ctrl_c_stops_every_server_running_on_gpu_slots() {
+    let body = four_servers("[executor.local]\ngpus = [0, 1]\n")
+        .replace("output_tokens = 40", "output_tokens = 400");
+    let (_tmp, dir) = setup(&body);
+    let results = dir.join("results/four");
+    let mut runner = std::process::Command::new(crate::common::runner_bin())
+        .args(["four.toml"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    // Each running server's runner.pid exists from its spawn until its teardown.
+    let pid_files = || {
+        [25, 26]
+            .iter()
+            .filter(|step| {
+                results
+                    .join(format!("servers/tiny/a/sim/step={step}/runner.pid"))
+                    .exists()
+            })
+            .count()
+    };
+    while pid_files() < 2 {
+        assert!(t0.elapsed().as_secs() < 30, "two servers never ran at once");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = runner.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let records = server_records(&results);
+    let interrupted: Vec<_> = records
+        .iter()
+        .filter(|r| r["status"] == "interrupted")
+        .collect();
+    assert_eq!(
+        interrupted.len(),
+        2,
+        "both running servers stopped: {records:?}"
+    );
+    for r in interrupted {
+        assert_eq!(r["teardown_leftovers"], serde_json::json!([]), "{r}");
+        assert_eq!(r["port_freed"], true, "{r}");
+    }
+    assert_eq!(records.len(), 2, "no server started after the Ctrl-C");
+}

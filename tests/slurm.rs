@@ -231,3 +231,41 @@ fn ctrl_c_on_the_coordinator_cancels_its_jobs_and_leaves_none_queued() {
     let left: Vec<String> = queued().into_iter().filter(|j| ours.contains(j)).collect();
     assert!(left.is_empty(), "jobs still queued: {left:?}");
 }
+
+#[test]
+#[ignore = "needs a Slurm cluster; scripts/test.sh starts one"]
+fn detach_submits_and_returns_then_status_and_a_second_coordinator_follow_the_same_jobs() {
+    let _cluster = require_slurm();
+    let (_tmp, dir) = setup(&slurm_experiment(false));
+    let results = dir.join("results/four");
+    let t0 = Instant::now();
+    let out = run_in(&dir, &["run", "four.toml", "--detach"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "--detach returns at once"
+    );
+    let jobs = job_ids(&results);
+    assert_eq!(jobs.len(), 4, "{stderr}");
+    let out = run_in(&dir, &["status", "four.toml"]);
+    let status = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for (server, job) in &jobs {
+        assert!(status.contains(server.as_str()), "{status}");
+        assert!(status.contains(&format!("job {job}")), "{status}");
+    }
+    // A coordinator started now follows the queued jobs: it submits none of its own.
+    let out = run_in(&dir, &["run", "four.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("not submitting again"), "{stderr}");
+    assert_eq!(job_ids(&results), jobs, "no job submitted twice");
+    assert_eq!(cell_results(&results), 8);
+    let out = run_in(&dir, &["status", "four.toml"]);
+    assert!(
+        text(&out.stdout).contains("8 done"),
+        "{}",
+        text(&out.stdout)
+    );
+}
