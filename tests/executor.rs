@@ -381,3 +381,56 @@ fn one_ctrl_c_stops_every_server_running_on_gpu_slots() {
     }
     assert_eq!(records.len(), 2, "no server started after the Ctrl-C");
 }
+
+#[test]
+fn gpus_all_asks_nvidia_smi_and_a_host_without_one_is_refused_before_anything_starts() {
+    let body = four_servers("[executor.local]\ngpus = \"all\"\n")
+        .replace("step = [25, 26]", "step = [2]")
+        .replace("concurrency = [1, 2]", "concurrency = [1]");
+    let (_tmp, dir) = setup(&body);
+    // No nvidia-smi on this PATH: an error naming the fix, nothing started.
+    let out = std::process::Command::new(crate::common::runner_bin())
+        .args(["four.toml"])
+        .current_dir(&dir)
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("gpus = \"all\"") && stderr.contains("no GPU"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.join("results/four/servers").exists(),
+        "nothing started"
+    );
+    // A host whose nvidia-smi lists two GPUs: two slots.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(
+        repo().join("tests/fixtures/fake-nvidia-smi"),
+        bin.join("nvidia-smi"),
+    )
+    .unwrap();
+    std::fs::write(
+        bin.join("mem"),
+        "NVIDIA H100, 81559 MiB, 580.1, Disabled\nNVIDIA H100, 81559 MiB, 580.1, Disabled\n",
+    )
+    .unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let out = std::process::Command::new(crate::common::runner_bin())
+        .args(["four.toml"])
+        .current_dir(&dir)
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let gpus: std::collections::BTreeSet<String> = server_records(&dir.join("results/four"))
+        .iter()
+        .filter_map(|r| r["gpus"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(gpus, ["0", "1"].map(String::from).into_iter().collect());
+}

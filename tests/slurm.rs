@@ -269,3 +269,21 @@ fn detach_submits_and_returns_then_status_and_a_second_coordinator_follow_the_sa
         text(&out.stdout)
     );
 }
+
+#[test]
+#[ignore = "needs a Slurm cluster; scripts/test.sh starts one"]
+fn a_job_slurm_refuses_fails_its_cells_with_slurms_words() {
+    let _cluster = require_slurm();
+    let body = slurm_experiment(false)
+        .replace("time_limit = \"10m\"", "partition = \"no-such-partition\"");
+    let (_tmp, dir) = setup(&body);
+    let out = run_in(&dir, &["four.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let failure = json(&dir.join("results/four/cells/tiny/a/sim/step=25/c1/failure.json"));
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("could not be submitted") && reason.contains("no-such-partition"),
+        "{failure}"
+    );
+}

@@ -167,7 +167,22 @@ impl<'a> Run<'a> {
                 let Some(unit) = waiting.pop_front() else {
                     break;
                 };
-                let job = self.submit(&unit).await?;
+                let job = match self.submit(&unit).await {
+                    Ok(job) => job,
+                    Err(e) => {
+                        // Refused (a wrong partition, an account over its limit…): its cells fail with
+                        // Slurm's words; the run goes on with the others.
+                        let result = self.refused(&unit, &format!("{e:#}"));
+                        if self.fail_fast {
+                            stop_submitting = true;
+                        }
+                        let _ = done.send(Finished {
+                            server_id: unit.server.id.clone(),
+                            result,
+                        });
+                        continue;
+                    }
+                };
                 let progress = self.reporter.unit(&unit.server.id);
                 progress.line(format!(
                     "[{}/{}] {}: {} cell(s), submitted as Slurm job {}",
@@ -270,6 +285,32 @@ impl<'a> Run<'a> {
             .write_job(unit.server, &job)
             .with_context(|| format!("recording job {} of {}", job.job_id, unit.server.id))?;
         Ok(job)
+    }
+
+    /// Slurm refused the unit's job: each pending cell fails with the reason.
+    fn refused(&self, unit: &Unit<'_>, reason: &str) -> UnitResult {
+        let reason = format!("the Slurm job could not be submitted: {reason}");
+        self.reporter.line(format!("{}: {reason}", unit.server.id));
+        for cell in &unit.pending {
+            let failure = CellFailure {
+                schema: Schema::default(),
+                id: cell.id.clone(),
+                hash: cell.hash.clone(),
+                server_id: unit.server.id.clone(),
+                reason: reason.clone(),
+                log_tail: Vec::new(),
+                at: now_rfc3339(),
+            };
+            if let Err(e) = self.store.write_failure(&failure) {
+                self.reporter
+                    .line(format!("warning: could not write a failure record: {e}"));
+            }
+        }
+        UnitResult {
+            cells_failed: unit.pending.len(),
+            server_failed: true,
+            ..UnitResult::default()
+        }
     }
 
     /// A job left the queue: what became of its cells.
