@@ -97,7 +97,23 @@ pub fn local_slots(exp: &Experiment, plan: &Plan) -> anyhow::Result<executor::lo
     use executor::local::Slots;
     let ids = match &exp.executor.local.gpus {
         None => return Ok(Slots::Serial),
-        Some(GpuSet::Ids(ids)) => ids.clone(),
+        Some(GpuSet::Ids(ids)) => {
+            // On a GPU host, every index must exist; without nvidia-smi the ids are taken as given
+            // (nothing to check them against: a container without the tool, or a rehearsal).
+            if let Some(Ok(gpus)) = crate::gpu::Smi::find(None).map(|smi| smi.gpus())
+                && !gpus.is_empty()
+                && let Some(missing) = ids.iter().find(|i| **i as usize >= gpus.len())
+            {
+                return Err(Failure::bad_input(format!(
+                    "{}: [executor.local] gpus lists GPU {missing}, but nvidia-smi lists {} GPU(s) (0 to {})\n  help: list existing indexes, or write `gpus = \"all\"`",
+                    exp.file.display(),
+                    gpus.len(),
+                    gpus.len() - 1
+                ))
+                .into());
+            }
+            ids.clone()
+        }
         Some(GpuSet::All) => {
             let found = crate::gpu::Smi::find(None)
                 .ok_or_else(|| "nvidia-smi is not on PATH".to_string())

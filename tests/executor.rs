@@ -433,4 +433,20 @@ fn gpus_all_asks_nvidia_smi_and_a_host_without_one_is_refused_before_anything_st
         .filter_map(|r| r["gpus"].as_str().map(str::to_string))
         .collect();
     assert_eq!(gpus, ["0", "1"].map(String::from).into_iter().collect());
+    // On that host, an index it does not have is refused.
+    std::fs::write(
+        dir.join("four.toml"),
+        body.replace("gpus = \"all\"", "gpus = [0, 5]"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::common::runner_bin())
+        .args(["four.toml", "--force"])
+        .current_dir(&dir)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("lists GPU 5"), "{stderr}");
 }
