@@ -168,7 +168,7 @@ fn gpu_slots_run_two_servers_at_once_on_distinct_gpus_and_ports_and_beat_the_ser
         "\n| run | wall (s) |\n|---|---|\n| serial | {serial_wall:.1} |\n| 2 GPU slots | {slots_wall:.1} |\n| ratio serial / slots | {ratio:.2} |\n"
     );
     assert!(
-        ratio > 1.4,
+        ratio > 1.3,
         "two slots should be clearly faster: serial {serial_wall:.1}s, slots {slots_wall:.1}s"
     );
 }
