@@ -169,13 +169,17 @@ async fn execute_async(
         ExecutorKind::Slurm => None,
     };
     let (done, finished) = tokio::sync::mpsc::unbounded_channel();
+    let c = Coordinator {
+        exp,
+        plan,
+        store,
+        policy,
+        shutdown: &shutdown,
+        reporter: &reporter,
+    };
     let work = async {
         match slots {
-            Some(slots) => run_local(
-                exp, plan, store, policy, &shutdown, &reporter, units, slots, done,
-            )
-            .await
-            .map(|()| 0),
+            Some(slots) => c.run_local(units, slots, done).await.map(|()| 0),
             None => {
                 let run = executor::slurm::Run {
                     exp,
@@ -196,8 +200,7 @@ async fn execute_async(
             }
         }
     };
-    let (detached, finished) =
-        tokio::join!(work, coordinate(exp, plan, store, &reporter, finished));
+    let (detached, finished) = tokio::join!(work, c.coordinate(finished));
     outcome.detached_jobs = detached?;
     outcome.cells_run += finished.cells_run;
     outcome.cells_failed += finished.cells_failed;
@@ -249,88 +252,94 @@ fn units<'p>(
     out
 }
 
-/// The local run: engine versions and the environment once, then the units on this host.
-#[allow(clippy::too_many_arguments)]
-async fn run_local(
-    exp: &Experiment,
-    plan: &Plan,
-    store: &Store,
-    policy: &Policy,
-    shutdown: &Shutdown,
-    reporter: &Reporter,
-    units: Vec<Unit<'_>>,
-    slots: executor::local::Slots,
-    done: Done,
-) -> anyhow::Result<()> {
-    // Engine versions once per engine, before any server starts: they label every result and the
-    // environment record, and a missing engine binary shows up in the first seconds.
-    let servers: Vec<_> = plan.servers.iter().collect();
-    let versions = tokio::select! {
-        versions = engine_versions(exp, &servers) => versions,
-        () = shutdown.stopping().cancelled() => return Ok(()),
-    };
-    for (engine, version) in &versions {
-        reporter.line(format!(
-            "{engine}: {}",
-            version
-                .as_deref()
-                .unwrap_or("version unknown (version_command failed)")
-        ));
-    }
-    capture_environment(exp, store, &versions).await?;
-    if units.is_empty() {
-        return Ok(());
-    }
-    let client = LoadClient::new().context("creating the HTTP client")?;
-    let ports = PortAllocator::new();
-    let ctx = unit::Context {
-        exp,
-        store,
-        client: &client,
-        shutdown,
-        ports: &ports,
-    };
-    executor::local::run(
-        &ctx,
-        reporter,
-        units,
-        &slots,
-        &versions,
-        policy.fail_fast,
-        &done,
-    )
-    .await;
-    Ok(())
+/// What the coordinator's parts share.
+struct Coordinator<'a> {
+    exp: &'a Experiment,
+    plan: &'a Plan,
+    store: &'a Store,
+    policy: &'a Policy,
+    shutdown: &'a Shutdown,
+    reporter: &'a Reporter,
 }
 
-/// Follows finished units until every executor is done: adds up their outcomes and re-renders the
-/// report after each (several finished at once are rendered once).
-async fn coordinate(
-    exp: &Experiment,
-    plan: &Plan,
-    store: &Store,
-    reporter: &Reporter,
-    mut finished: tokio::sync::mpsc::UnboundedReceiver<Finished>,
-) -> Outcome {
-    let mut outcome = Outcome::default();
-    while let Some(first) = finished.recv().await {
-        outcome.add(&first.result);
-        while let Ok(more) = finished.try_recv() {
-            outcome.add(&more.result);
+impl Coordinator<'_> {
+    /// The local run: engine versions and the environment once, then the units on this host.
+    async fn run_local(
+        &self,
+        units: Vec<Unit<'_>>,
+        slots: executor::local::Slots,
+        done: Done,
+    ) -> anyhow::Result<()> {
+        let (exp, store, reporter) = (self.exp, self.store, self.reporter);
+        // Engine versions once per engine, before any server starts: they label every result and the
+        // environment record, and a missing engine binary shows up in the first seconds.
+        let servers: Vec<_> = self.plan.servers.iter().collect();
+        let versions = tokio::select! {
+            versions = engine_versions(exp, &servers) => versions,
+            () = self.shutdown.stopping().cancelled() => return Ok(()),
+        };
+        for (engine, version) in &versions {
+            reporter.line(format!(
+                "{engine}: {}",
+                version
+                    .as_deref()
+                    .unwrap_or("version unknown (version_command failed)")
+            ));
         }
-        // Re-rendered as units finish, so a crash later loses no report.
-        match render_report(exp, plan, store).await {
-            Ok(unreadable) => {
-                for problem in unreadable {
-                    reporter.line(format!(
-                        "warning: report skipped an unreadable record: {problem}"
-                    ));
-                }
-            }
-            Err(e) => reporter.line(format!("warning: report not rendered: {e:#}")),
+        capture_environment(exp, store, &versions).await?;
+        if units.is_empty() {
+            return Ok(());
         }
+        let client = LoadClient::new().context("creating the HTTP client")?;
+        let ports = PortAllocator::new();
+        let ctx = unit::Context {
+            exp,
+            store,
+            client: &client,
+            shutdown: self.shutdown,
+            ports: &ports,
+        };
+        executor::local::run(
+            &ctx,
+            reporter,
+            units,
+            &slots,
+            &versions,
+            self.policy.fail_fast,
+            &done,
+        )
+        .await;
+        Ok(())
     }
-    outcome
+
+    /// Follows finished units until every executor is done: adds up their outcomes and re-renders the
+    /// report after each (several finished at once are rendered once).
+    async fn coordinate(
+        &self,
+        mut finished: tokio::sync::mpsc::UnboundedReceiver<Finished>,
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        while let Some(first) = finished.recv().await {
+            outcome.add(&first.result);
+            while let Ok(more) = finished.try_recv() {
+                outcome.add(&more.result);
+            }
+            // Re-rendered as units finish, so a crash later loses no report.
+            match render_report(self.exp, self.plan, self.store).await {
+                Ok(unreadable) => {
+                    for problem in unreadable {
+                        self.reporter.line(format!(
+                            "warning: report skipped an unreadable record: {problem}"
+                        ));
+                    }
+                }
+                Err(e) => self
+                    .reporter
+                    .line(format!("warning: report not rendered: {e:#}")),
+            }
+        }
+        outcome
+    }
 }
 
 /// Renders the report on the blocking pool (templates and files; it must not stall a running load);

@@ -699,6 +699,75 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_job_script_carries_every_setting_and_runs_exactly_the_unit() {
+        let text = r##"
+[executor]
+kind = "slurm"
+[executor.slurm]
+partition = "h100"
+gpus_per_server = "{{ tp }}"
+time_limit = "1d 2h 30m"
+account = "bench"
+qos = "high"
+constraint = "hopper"
+extra_args = ["--exclusive", "#SBATCH --mem=0"]
+setup = "module load cuda\nsource /opt/venv/bin/activate"
+runner = "/shared/bin/runner"
+[engines.e]
+command = "srv --port {{ port }} --tp {{ gpu_count }}"
+[models.m]
+input_tokens = 10
+output_tokens = 2
+[models.m.precisions]
+fp8 = { path = "/m" }
+[matrix]
+model = ["m"]
+precision = ["fp8"]
+engine = ["e"]
+tp = [4]
+concurrency = [1, 8]
+"##;
+        let exp = crate::experiment::parse(Path::new("x.toml"), text).unwrap();
+        let plan = crate::plan::expand(&exp).unwrap();
+        let server = &plan.servers[0];
+        let unit = Unit {
+            index: 0,
+            server,
+            pending: server.points.iter().skip(1).collect(),
+        };
+        let store = Store::new("results/x");
+        let args = ["--executor".to_string(), "slurm".to_string()];
+        let script = job_script(&exp, &store, &exp.executor.slurm, &unit, false, &args).unwrap();
+        for line in [
+            "#SBATCH --gres=gpu:4",
+            "#SBATCH --partition=h100",
+            "#SBATCH --time=1-02:30:00",
+            "#SBATCH --account=bench",
+            "#SBATCH --qos=high",
+            "#SBATCH --constraint=hopper",
+            "#SBATCH --exclusive",
+            "#SBATCH --mem=0",
+            "module load cuda",
+            "source /opt/venv/bin/activate",
+        ] {
+            assert!(
+                script.lines().any(|l| l == line),
+                "{line} missing:\n{script}"
+            );
+        }
+        let exec = script.lines().last().unwrap();
+        assert!(exec.starts_with("exec /shared/bin/runner unit /"), "{exec}");
+        assert!(
+            exec.ends_with(&format!(
+                "--server m/fp8/e --server-hash {} --executor slurm --cell m/fp8/e/c8",
+                server.hash
+            )),
+            "only the pending cell: {exec}"
+        );
+        assert!(script.contains("slurm-%j.out"));
+    }
+
+    #[test]
     fn squeue_and_scontrol_are_read() {
         let q = parse_squeue("12|RUNNING|node1|None\n13|PENDING||Resources\n");
         assert_eq!(q["12"].node, "node1");
