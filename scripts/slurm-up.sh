@@ -15,9 +15,20 @@ set -euo pipefail
 
 log() { echo "slurm-up: $*" >&2; }
 
-node_state() { sinfo -h -N -o '%T' 2>/dev/null | head -n1; }
+node_state() { sinfo -h -N -n "$(hostname -s)" -o '%T' 2>/dev/null | head -n1; }
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-if command -v sinfo >/dev/null; then
+# The configuration includes the two-host nodes exactly when scripts/slurm-two-hosts.sh asked for them.
+config_current() {
+  if [ -s /etc/slurm/two-hosts.conf ]; then
+    grep -qs "^Include /etc/slurm/two-hosts.conf" /etc/slurm/slurm.conf
+  else
+    ! grep -qs "^Include" /etc/slurm/slurm.conf
+  fi
+}
+
+if command -v sinfo >/dev/null && running /run/slurmctld.pid && running "/run/slurmd-$(hostname -s).pid" \
+  && config_current; then
   case "$(node_state || true)" in
     idle|mixed|allocated) log "cluster up"; exit 0 ;;
   esac
@@ -71,11 +82,11 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -93,7 +104,15 @@ GresTypes=gpu
 $node_line Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
-echo "Name=gpu File=/dev/fakegpu[0-1]" >/etc/slurm/gres.conf.new
+# Nodes added by scripts/slurm-two-hosts.sh (two "hosts" in network namespaces), when present.
+if [ -s /etc/slurm/two-hosts.conf ]; then
+  echo "Include /etc/slurm/two-hosts.conf" >>/etc/slurm/slurm.conf.new
+fi
+cat >/etc/slurm/gres.conf.new <<EOF
+NodeName=$host Name=gpu File=/dev/fakegpu[0-1]
+NodeName=nodea Name=gpu File=/dev/fakegpu2
+NodeName=nodeb Name=gpu File=/dev/fakegpu3
+EOF
 changed=0
 for f in slurm.conf gres.conf; do
   if ! cmp -s /etc/slurm/$f.new /etc/slurm/$f; then
@@ -104,14 +123,13 @@ for f in slurm.conf gres.conf; do
   fi
 done
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if [ $changed = 1 ]; then
-  for pidfile in /run/slurmd.pid /run/slurmctld.pid; do
-    if running $pidfile; then kill "$(cat $pidfile)"; sleep 1; fi
+  for pidfile in /run/slurmd*.pid /run/slurmctld.pid; do
+    if running "$pidfile"; then kill "$(cat "$pidfile")"; sleep 1; fi
   done
 fi
 if ! running /run/slurmctld.pid; then log "starting slurmctld"; slurmctld; fi
-if ! running /run/slurmd.pid; then log "starting slurmd"; slurmd; fi
+if ! running "/run/slurmd-$host.pid"; then log "starting slurmd"; slurmd; fi
 
 for _ in $(seq 150); do
   state=$(node_state || true)

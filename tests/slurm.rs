@@ -3,7 +3,8 @@
 //! configurations of the simulated engine, one `--gres=gpu:1` job each: every cell is measured, two run
 //! at once and never more, on distinct `CUDA_VISIBLE_DEVICES`; a rerun submits nothing; a job cancelled
 //! with `scancel` is recorded as failed and the rerun resubmits only it; Ctrl-C on the coordinator
-//! leaves no job in the queue.
+//! leaves no job in the queue. With two more nodes in network namespaces of their own
+//! (`scripts/slurm-two-hosts.sh`), the results of two "hosts" merge into one report.
 //!
 //! The tier is `#[ignore]`d: a plain `cargo test` reports it as not run. Asked for (`--include-ignored`,
 //! as `scripts/test.sh` and CI do), a missing cluster fails it with how to start one. The tests share
@@ -21,15 +22,30 @@ use crate::executor::{four_servers, json, most_at_once, server_records};
 static CLUSTER: Mutex<()> = Mutex::new(());
 
 fn require_slurm() -> std::sync::MutexGuard<'static, ()> {
-    let out = Command::new("sinfo")
-        .args(["-h", "-N", "-o", "%T"])
-        .output();
-    let state = out.map(|o| text(&o.stdout)).unwrap_or_default();
+    require_nodes(&[], "scripts/slurm-up.sh")
+}
+
+/// Waits for the cluster lock once the nodes answer: this host's (no `partition`), or every node of
+/// `partition`.
+fn require_nodes(partition: &[&str], script: &str) -> std::sync::MutexGuard<'static, ()> {
+    let host = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut args = vec!["-h", "-N", "-o", "%T"];
+    match partition {
+        [] => args.extend(["-n", host.as_str()]),
+        p => args.extend(["-p", p[0]]),
+    }
+    let out = Command::new("sinfo").args(&args).output();
+    let states = out.map(|o| text(&o.stdout)).unwrap_or_default();
+    let up = |s: &str| ["idle", "mixed", "allocated"].contains(&s.trim());
     assert!(
-        ["idle", "mixed", "allocated"].contains(&state.trim()),
-        "no Slurm cluster answers here (sinfo said {:?}): run the tests with `scripts/test.sh`, or \
-         start the test cluster with `scripts/slurm-up.sh` (as root) first",
-        state.trim()
+        !states.trim().is_empty() && states.lines().all(up),
+        "no Slurm nodes answer here (sinfo {} said {:?}): run the tests with `scripts/test.sh`, or \
+         start them with `{script}` (as root) first",
+        args.join(" "),
+        states.trim()
     );
     CLUSTER.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -286,4 +302,43 @@ fn a_job_slurm_refuses_fails_its_cells_with_slurms_words() {
         reason.contains("could not be submitted") && reason.contains("no-such-partition"),
         "{failure}"
     );
+}
+
+#[test]
+#[ignore = "needs a Slurm cluster; scripts/test.sh starts one"]
+fn results_from_two_hosts_merge_into_one_report() {
+    let _cluster = require_nodes(&["twohosts"], "scripts/slurm-two-hosts.sh");
+    let body = slurm_experiment(false).replace(
+        "time_limit = \"10m\"",
+        "time_limit = \"10m\"\npartition = \"twohosts\"",
+    );
+    let (_tmp, dir) = setup(&body);
+    let out = run_in(&dir, &["four.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results = dir.join("results/four");
+    assert_eq!(cell_results(&results), 8);
+    let nodes: std::collections::BTreeSet<String> = server_records(&results)
+        .iter()
+        .filter_map(|r| r["node"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        nodes,
+        ["nodea", "nodeb"].map(String::from).into_iter().collect()
+    );
+    for node in &nodes {
+        let env = json(&results.join(format!("nodes/{node}/environment.json")));
+        assert_eq!(
+            env["host"],
+            node.as_str(),
+            "each node recorded its own environment"
+        );
+    }
+    let summary = std::fs::read_to_string(results.join("report/summary.zh.md")).unwrap();
+    for node in &nodes {
+        assert!(
+            summary.contains(&format!("| {node} | slurm | 0 |")),
+            "{node} in the placement table:\n{summary}"
+        );
+    }
 }
