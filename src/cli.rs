@@ -14,6 +14,9 @@ Examples:
   runner report experiments/rtxpro6000.toml   re-render the report from stored results
   runner compare results/a results/b --fail-if 'output_tps < 0.95'
                                               run vs run: ratios B / A, settings that differ, a CI gate
+  runner run experiments/rtxpro6000.toml --rehearse      the whole campaign on the simulated engine
+  runner run experiments/demo.toml --executor slurm      one Slurm job per server configuration
+  runner status experiments/demo.toml         every server configuration's and cell's state
   runner sim --port 8000                      start the built-in simulated engine
 
 Exit codes:
@@ -48,11 +51,60 @@ pub enum Command {
     /// Compare run B with run A from stored results: ratios B / A of the headline figures per matched
     /// cell, the settings that differ, cells found on one side only; optional thresholds for CI.
     Compare(CompareArgs),
+    /// Show every server configuration's and cell's state, from the results directory and Slurm.
+    Status(StatusArgs),
     /// Serve the built-in simulated OpenAI-compatible engine (for rehearsals and tests; no GPU needed).
     Sim(crate::sim::SimArgs),
     /// Measure the load client itself against the simulated engine (measured − true TTFT/TPOT, CPU).
     #[command(hide = true, name = "bench-client")]
     BenchClient(crate::load::bench::BenchArgs),
+    /// Run exactly one server configuration's pending cells here (what a Slurm job runs); writes cells
+    /// and the server record, never the report.
+    #[command(hide = true)]
+    Unit(UnitArgs),
+}
+
+/// Which view of the experiment file: the executor (overriding `[executor] kind`) and the rehearsal.
+#[derive(Debug, Args, Default, Clone)]
+pub struct View {
+    /// Where server configurations run: `local` (this host) or `slurm` (one batch job each); overrides
+    /// `[executor] kind`.
+    #[arg(long, value_name = "KIND", value_parser = ["local", "slurm"])]
+    pub executor: Option<String>,
+    /// Replace every engine with the simulated engine (same models, token counts, load points and
+    /// executor; results in `<results_dir>-rehearsal`).
+    #[arg(long)]
+    pub rehearse: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The experiment file (TOML).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub view: View,
+}
+
+#[derive(Debug, Args)]
+pub struct UnitArgs {
+    /// The experiment file (TOML).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The server configuration's id.
+    #[arg(long)]
+    pub server: String,
+    /// Its settings hash when the job was submitted: a changed file is refused.
+    #[arg(long)]
+    pub server_hash: Option<String>,
+    /// The cells to run (default: every cell not done).
+    #[arg(long = "cell", value_name = "ID")]
+    pub cells: Vec<String>,
+    /// Run the cells even if they are done.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub view: View,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +130,11 @@ pub struct RunOptions {
     /// Start even when the pre-flight checks (programs, checkpoints, ports, disk space) find problems.
     #[arg(long)]
     pub no_preflight: bool,
+    /// Slurm: submit the jobs and return at once (`runner status FILE` follows them).
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub view: View,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +148,8 @@ pub struct PlanArgs {
     /// Only cells matching every KEY=VALUE; repeatable.
     #[arg(long, value_name = "KEY=VALUE[,KEY=VALUE]")]
     pub only: Vec<String>,
+    #[command(flatten)]
+    pub view: View,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +157,8 @@ pub struct ReportArgs {
     /// The experiment file (TOML) whose results to render.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    #[command(flatten)]
+    pub view: View,
 }
 
 #[derive(Debug, Args)]
@@ -148,8 +209,19 @@ pub fn main() -> i32 {
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match (cli.command, cli.file) {
         (Some(Command::Run(args)), _) => run(&args.file, &args.options),
-        (Some(Command::Plan(args)), _) => crate::commands::plan(&args.file, &args.only, args.json),
-        (Some(Command::Report(args)), _) => crate::commands::report(&args.file),
+        (Some(Command::Plan(args)), _) => {
+            crate::commands::plan(&args.file, &args.only, &view(&args.view), args.json)
+        }
+        (Some(Command::Report(args)), _) => crate::commands::report(&args.file, &view(&args.view)),
+        (Some(Command::Status(args)), _) => crate::commands::status(&args.file, &view(&args.view)),
+        (Some(Command::Unit(args)), _) => crate::commands::unit(&crate::commands::UnitRequest {
+            file: args.file,
+            server: args.server,
+            server_hash: args.server_hash,
+            cells: args.cells,
+            force: args.force,
+            view: view(&args.view),
+        }),
         (Some(Command::Compare(args)), _) => crate::commands::compare(
             (&args.a, &args.b),
             &args.fail_if,
@@ -168,12 +240,30 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+fn view(v: &View) -> crate::commands::View {
+    crate::commands::View {
+        executor: v
+            .executor
+            .as_deref()
+            .and_then(crate::experiment::executor::ExecutorKind::parse),
+        rehearse: v.rehearse,
+    }
+}
+
 fn run(file: &std::path::Path, options: &RunOptions) -> anyhow::Result<i32> {
     let policy = crate::run::Policy {
         fail_fast: options.fail_fast,
         force: options.force,
+        detach: options.detach,
+        unit_args: Vec::new(),
     };
-    crate::commands::run(file, &options.only, policy, !options.no_preflight)
+    crate::commands::run(
+        file,
+        &options.only,
+        &view(&options.view),
+        policy,
+        !options.no_preflight,
+    )
 }
 
 /// The one error printer: the message, then each cause on its own line.

@@ -6,16 +6,45 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::exit::{self, Failure};
+use crate::experiment::executor::ExecutorKind;
 use crate::experiment::{self, Experiment};
 use crate::plan::{self, Plan};
 use crate::preflight;
 use crate::progress::say;
 use crate::store::Store;
 
+/// Which view of the experiment file a command works on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    /// `--executor`: overrides `[executor] kind`.
+    pub executor: Option<ExecutorKind>,
+    /// `--rehearse`: every engine becomes the simulated engine, results in `<results_dir>-rehearsal`.
+    pub rehearse: bool,
+}
+
+impl View {
+    /// The arguments that give a `runner unit` in a Slurm job this same view.
+    fn unit_args(&self) -> Vec<String> {
+        let mut args = vec!["--executor".to_string(), "slurm".to_string()];
+        if self.rehearse {
+            args.push("--rehearse".into());
+        }
+        args
+    }
+}
+
 /// Loads, validates and expands an experiment file, applying `--only` filters. Every input problem
 /// becomes a [`Failure`] with exit code 2, before anything is started.
-pub fn prepare(file: &Path, only: &[String]) -> anyhow::Result<(Experiment, Plan)> {
-    let exp = experiment::load(file).map_err(|d| Failure::bad_input(d.to_string()))?;
+pub fn prepare(file: &Path, only: &[String], view: &View) -> anyhow::Result<(Experiment, Plan)> {
+    let mut exp = experiment::load(file).map_err(|d| Failure::bad_input(d.to_string()))?;
+    if let Some(kind) = view.executor {
+        exp.executor.kind = kind;
+    }
+    if view.rehearse {
+        // The real file expands first: a rehearsal must not hide what tonight would refuse.
+        plan::expand(&exp).map_err(|d| Failure::bad_input(d.to_string()))?;
+        exp = exp.rehearsal();
+    }
     let plan = plan::expand(&exp).map_err(|d| Failure::bad_input(d.to_string()))?;
     let filters = plan::parse_filters(only, &plan).map_err(Failure::bad_input)?;
     let plan = plan.select(&filters);
@@ -35,19 +64,40 @@ pub fn prepare(file: &Path, only: &[String]) -> anyhow::Result<(Experiment, Plan
 pub fn run(
     file: &Path,
     only: &[String],
-    policy: crate::run::Policy,
+    view: &View,
+    mut policy: crate::run::Policy,
     preflight: bool,
 ) -> anyhow::Result<i32> {
-    let (exp, plan) = prepare(file, only)?;
+    let (exp, plan) = prepare(file, only, view)?;
     let store = Store::new(&exp.results_dir);
-    // A runner killed hard may have left its server running: clean it up before anything starts (and
-    // before the pre-flight, which would find its port taken).
-    match crate::server::cleanup_stale(&store.pid_file()) {
-        Ok(Some(cleanup)) => say(format!(
-            "cleaned up a stale server from an earlier run: {cleanup}"
-        )),
-        Ok(None) => {}
-        Err(e) => return Err(Failure::bad_input(format!("{e}")).into()),
+    let slurm = exp.executor.kind == ExecutorKind::Slurm;
+    if policy.detach && !slurm {
+        return Err(Failure::bad_input(
+            "--detach submits Slurm jobs and returns; a local run has nothing to leave running\n  help: add `--executor slurm` (or `[executor] kind = \"slurm\"`), or run locally under tmux/nohup (see the README)",
+        )
+        .into());
+    }
+    if slurm && crate::tool::find_program("sbatch", None, None).is_none() {
+        return Err(Failure::bad_input(format!(
+            "{}: the Slurm executor submits with `sbatch`, which is not on PATH here\n  help: run on a login node of the cluster, or use `--executor local`",
+            file.display()
+        ))
+        .into());
+    }
+    policy.unit_args = view.unit_args();
+    if !slurm {
+        // A runner killed hard may have left servers running on this host: clean them up before
+        // anything starts (and before the pre-flight, which would find their ports taken). Slurm jobs
+        // clean up after their own server on their node.
+        for pid_file in store.pid_files() {
+            match crate::server::cleanup_stale(&pid_file) {
+                Ok(Some(cleanup)) => say(format!(
+                    "cleaned up a stale server from an earlier run: {cleanup}"
+                )),
+                Ok(None) => {}
+                Err(e) => return Err(Failure::bad_input(format!("{e}")).into()),
+            }
+        }
     }
     if preflight {
         let report = preflight::check(&exp, &plan);
@@ -71,7 +121,16 @@ pub fn run(
         exp.source.as_bytes(),
     )
     .context("copying the experiment file into the results directory")?;
-    let outcome = crate::run::execute(&exp, &plan, &store, policy)?;
+    let outcome = crate::run::execute(&exp, &plan, &store, &policy)?;
+    if policy.detach {
+        say(format!(
+            "{} Slurm job(s) submitted or already queued; `runner status {}` shows their state, \
+             and rerunning this command waits for them and renders the report",
+            outcome.detached_jobs,
+            file.display()
+        ));
+        return Ok(exit::OK);
+    }
     say(format!(
         "{} cell(s) run, {} already done, {} failed{}; results in {}, report in {}",
         outcome.cells_run,
@@ -102,8 +161,8 @@ fn ensure_writable(exp: &Experiment) -> anyhow::Result<()> {
     })
 }
 
-pub fn plan(file: &Path, only: &[String], json: bool) -> anyhow::Result<i32> {
-    let (exp, plan) = prepare(file, only)?;
+pub fn plan(file: &Path, only: &[String], view: &View, json: bool) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(file, only, view)?;
     let store = Store::new(&exp.results_dir);
     // The same checks a run makes first, shown, not enforced: a plan is also read away from the host.
     let checks = preflight::check(&exp, &plan);
@@ -140,8 +199,8 @@ fn quiet_when_closed(written: std::io::Result<()>) -> std::io::Result<()> {
 /// Re-renders the report from stored results only; nothing is started. A results directory that does
 /// not exist yet is a usage error (exit 2): there is nothing to report, and rendering an all-pending
 /// report would only hide the mistake (wrong file, or a run that never happened).
-pub fn report(file: &Path) -> anyhow::Result<i32> {
-    let (exp, plan) = prepare(file, &[])?;
+pub fn report(file: &Path, view: &View) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(file, &[], view)?;
     let store = Store::new(&exp.results_dir);
     if !store.root.is_dir() {
         return Err(Failure::bad_input(format!(
@@ -265,4 +324,214 @@ fn open_run(path: &Path) -> anyhow::Result<crate::report::compare::Run> {
         ))
         .into()
     })
+}
+/// What a Slurm job asks of `runner unit`.
+#[derive(Debug, Clone)]
+pub struct UnitRequest {
+    pub file: std::path::PathBuf,
+    pub server: String,
+    pub server_hash: Option<String>,
+    pub cells: Vec<String>,
+    pub force: bool,
+    pub view: View,
+}
+
+/// Runs one server configuration here (inside a Slurm job): its engine's version and this node's
+/// environment, then the unit on the GPUs Slurm gave (`CUDA_VISIBLE_DEVICES`). Writes cells, the server
+/// record and the node's environment; never the report (the coordinator renders it).
+pub fn unit(req: &UnitRequest) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(&req.file, &[], &req.view)?;
+    let Some(server) = plan.servers.iter().find(|s| s.id == req.server) else {
+        return Err(Failure::bad_input(format!(
+            "{}: no server configuration `{}`\n  help: `runner plan {}` lists them",
+            req.file.display(),
+            req.server,
+            req.file.display()
+        ))
+        .into());
+    };
+    if let Some(hash) = &req.server_hash
+        && *hash != server.hash
+    {
+        return Err(Failure::bad_input(format!(
+            "{}: server {} has changed since its job was submitted (settings hash {} now, {hash} then); \
+             nothing was run\n  help: rerun the coordinator (`runner run {} --executor slurm`), which submits the current settings",
+            req.file.display(),
+            server.id,
+            server.hash,
+            req.file.display()
+        ))
+        .into());
+    }
+    let store = Store::new(&exp.results_dir);
+    let pending: Vec<&plan::CellPlan> = server
+        .points
+        .iter()
+        .filter(|c| req.cells.is_empty() || req.cells.contains(&c.id))
+        .filter(|c| req.force || store.cell_status(c) != plan::CellStatus::Done)
+        .collect();
+    let placement = crate::unit::Placement {
+        executor: "slurm".into(),
+        node: crate::server::this_host(),
+        job_id: std::env::var("SLURM_JOB_ID").ok(),
+        gpus: std::env::var("CUDA_VISIBLE_DEVICES")
+            .ok()
+            .filter(|g| !g.trim().is_empty())
+            .map(|g| g.split(',').map(|s| s.trim().to_string()).collect()),
+    };
+    say(format!(
+        "runner unit: {} on {}{}{}: {} cell(s)",
+        server.id,
+        placement.node,
+        placement
+            .job_id
+            .as_deref()
+            .map(|j| format!(", Slurm job {j}"))
+            .unwrap_or_default(),
+        placement
+            .gpu_list()
+            .map(|g| format!(", GPUs {g}"))
+            .unwrap_or_default(),
+        pending.len()
+    ));
+    if pending.is_empty() {
+        return Ok(exit::OK);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = crate::signals::Shutdown::new();
+        let listener = shutdown
+            .listen()
+            .context("installing the signal handlers")?;
+        let versions = crate::run::engine_versions(&exp, &[server]).await;
+        crate::run::capture_environment(&exp, &store, &versions).await?;
+        let client = crate::load::LoadClient::new().context("creating the HTTP client")?;
+        let ports = crate::server::PortAllocator::new();
+        let ctx = crate::unit::Context {
+            exp: &exp,
+            store: &store,
+            client: &client,
+            shutdown: &shutdown,
+            ports: &ports,
+        };
+        let reporter = crate::progress::Reporter::new(pending.len() as u64, false);
+        let progress = reporter.unit(&server.id);
+        let version = versions.get(&server.engine).cloned().flatten();
+        let result = crate::unit::run(&ctx, &progress, server, &pending, version, &placement).await;
+        drop(progress);
+        reporter.finish();
+        listener.abort();
+        anyhow::Ok(result)
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let result = result?;
+    Ok(if result.interrupted {
+        exit::INTERRUPTED
+    } else if result.server_failed || result.cells_failed > 0 {
+        exit::CELLS_FAILED
+    } else {
+        exit::OK
+    })
+}
+
+/// `runner status FILE`: every server configuration's and cell's state, from the results directory and,
+/// for Slurm jobs, from the queue. Starts nothing.
+pub fn status(file: &Path, view: &View) -> anyhow::Result<i32> {
+    let (exp, plan) = prepare(file, &[], view)?;
+    let store = Store::new(&exp.results_dir);
+    let jobs: Vec<Option<crate::store::JobRecord>> = plan
+        .servers
+        .iter()
+        .map(|s| store.read_job(s).ok().flatten())
+        .collect();
+    let queue = if jobs.iter().any(Option::is_some) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime
+            .block_on(crate::executor::slurm::queue())
+            .map_err(|e| say(format!("note: {e}")))
+            .ok()
+    } else {
+        None
+    };
+    let mut out = std::io::stdout().lock();
+    let mut lines = vec![format!(
+        "{} ({}), results in {}",
+        exp.title,
+        file.display(),
+        exp.results_dir.display()
+    )];
+    let mut totals = [0usize; 4];
+    for (server, job) in plan.servers.iter().zip(&jobs) {
+        let statuses: Vec<plan::CellStatus> =
+            server.points.iter().map(|c| store.cell_status(c)).collect();
+        let count = |s: plan::CellStatus| statuses.iter().filter(|x| **x == s).count();
+        for s in &statuses {
+            totals[*s as usize] += 1;
+        }
+        let record = store.read_server(server).ok().flatten();
+        let mut facts = Vec::new();
+        if let Some(r) = &record {
+            facts.push(format!("server {}", server_status_word(r.status)));
+            if let Some(node) = &r.node {
+                facts.push(format!("on {node}"));
+            }
+            if let Some(gpus) = &r.gpus {
+                facts.push(format!("GPUs {gpus}"));
+            }
+        } else {
+            facts.push("never started".into());
+        }
+        if let Some(job) = job {
+            facts.push(crate::executor::slurm::describe_job(job, queue.as_ref()));
+        }
+        lines.push(format!(
+            "\n{}  {}/{} done, {} failed, {} pending, {} changed; {}",
+            server.id,
+            count(plan::CellStatus::Done),
+            statuses.len(),
+            count(plan::CellStatus::Failed),
+            count(plan::CellStatus::Pending),
+            count(plan::CellStatus::Changed),
+            facts.join(", ")
+        ));
+        for (cell, status) in server.points.iter().zip(&statuses) {
+            let mut line = format!("    {:<40} {}", cell.id, status.label());
+            if *status == plan::CellStatus::Failed
+                && let Ok(Some(f)) = store.read_failure(cell)
+            {
+                line.push_str(&format!(
+                    ": {}",
+                    f.reason.lines().next().unwrap_or_default()
+                ));
+            }
+            lines.push(line);
+        }
+    }
+    lines.push(format!(
+        "\ntotals: {} cells; {} done, {} pending, {} failed, {} changed",
+        plan.cell_count(),
+        totals[plan::CellStatus::Done as usize],
+        totals[plan::CellStatus::Pending as usize],
+        totals[plan::CellStatus::Failed as usize],
+        totals[plan::CellStatus::Changed as usize],
+    ));
+    quiet_when_closed(lines.iter().try_for_each(|l| writeln!(out, "{l}")))
+        .context("writing to stdout")?;
+    Ok(exit::OK)
+}
+
+fn server_status_word(s: crate::store::ServerStatus) -> &'static str {
+    use crate::store::ServerStatus;
+    match s {
+        ServerStatus::Started => "running (or its runner was killed)",
+        ServerStatus::Ok => "ok",
+        ServerStatus::Failed => "failed",
+        ServerStatus::Interrupted => "interrupted",
+    }
 }

@@ -1,14 +1,16 @@
 //! `runner` turns an experiment file into a benchmark campaign of LLM inference servers and renders the
 //! report from what was measured. The data flow (see the README):
 //!
-//! experiment file → [`experiment`] (validated) → [`plan`] (servers × load points) → [`run`] (for each
-//! server: [`server`] start/ready/stop, [`load`] per point, [`scrape`] before/after, [`store`] each cell) →
-//! [`report`] from the store alone.
+//! experiment file → [`experiment`] (validated) → [`plan`] (servers × load points) → [`run`] (the
+//! coordinator: units with pending cells to an [`executor`], the report after each) → [`unit`] (for each
+//! server configuration, wherever it runs: [`server`] start/ready/stop, [`load`] per point, [`scrape`]
+//! before/after, [`store`] each cell) → [`report`] from the store alone.
 
 pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod envinfo;
+pub mod executor;
 pub mod exit;
 pub mod experiment;
 pub mod gpu;
@@ -29,3 +31,4 @@ pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod tool;
+pub mod unit;

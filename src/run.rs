@@ -1,44 +1,44 @@
-//! The orchestrator: decides the order of things and nothing else. For each server configuration with
-//! pending cells: start it ([`crate::server`]), prove it ready, run each pending load point
-//! ([`crate::load`]), store each cell the moment it finishes ([`crate::store`]), tear the server down, and
-//! re-render the report ([`crate::report`]).
+//! The coordinator: decides which units run and hands them to the executor; it does not measure. For
+//! each server configuration with pending cells (in the plan's order) it makes a unit
+//! ([`crate::executor::Unit`]); the executor chosen by `[executor]` / `--executor` places the units
+//! ([`crate::executor::local`]: this host, one at a time or on GPU slots; [`crate::executor::slurm`]: one
+//! batch job each). Each time a unit finishes, the coordinator re-renders `cells.csv` and the report
+//! ([`crate::report`]) from the store: it is their only writer, so units that run at once (or on other
+//! nodes) never contend for them.
 //!
-//! Signals ([`crate::signals`]): the first Ctrl-C, SIGTERM or SIGHUP cancels the load, tears the current
-//! server down gracefully and ends with exit code 130, keeping every finished cell; a second one kills the
-//! server's process group at once, in whatever phase it is: every phase of a server's life runs under
-//! [`guard`], which obeys it. A runner killed hard leaves a pid file that the next run uses to clean up the
-//! stale server.
-//!
-//! Nothing here blocks the async runtime: version commands, the environment capture, port probes and
-//! `/proc` scans run on the blocking pool (the runtime's threads read the load's streams).
+//! Signals ([`crate::signals`]): the first Ctrl-C, SIGTERM or SIGHUP stops every running unit gracefully
+//! (load cancelled, servers torn down; Slurm jobs cancelled) and the run ends with exit code 130, keeping
+//! every finished cell; a second one kills every server's process group at once (see
+//! [`crate::unit::guard`]).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::exit;
-use crate::experiment::{Engine, Experiment, Launch};
-use crate::load::{self, LoadClient, LoadError, Target};
-use crate::plan::CellStatus;
-use crate::plan::print::{command_line, redacted_env};
-use crate::plan::{CellPlan, Plan, Rendered, ServerPlan};
+use crate::executor::{self, Done, Finished, Unit};
+use crate::exit::{self, Failure};
+use crate::experiment::Experiment;
+use crate::experiment::executor::{ExecutorKind, GpuSet};
+use crate::load::LoadClient;
+use crate::plan::{CellStatus, Plan};
 use crate::progress::Reporter;
-use crate::server::{self, KillHandle, ServerSpec, SmokeRequest, Teardown};
+use crate::server::{self, PortAllocator};
 use crate::signals::Shutdown;
-use crate::store::{
-    CellFailure, CellResult, Schema, ServerRecord, ServerStatus, Store, now_rfc3339,
-};
-use crate::telemetry;
+use crate::store::Store;
+use crate::unit::{self, UnitResult};
 
 /// What the person asked of this run, as plain data (the command line maps its flags to this).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Stop at the first failed server configuration or cell.
     pub fail_fast: bool,
     /// Rerun cells even when a result with the same settings hash exists.
     pub force: bool,
+    /// Slurm: submit the jobs and return at once (`runner status` follows them).
+    pub detach: bool,
+    /// The arguments a Slurm job's `runner unit` needs to load the same plan (`--rehearse`, …).
+    pub unit_args: Vec<String>,
 }
 
 /// How a run ended.
@@ -49,6 +49,8 @@ pub struct Outcome {
     pub cells_failed: usize,
     pub servers_failed: usize,
     pub interrupted: bool,
+    /// Slurm jobs submitted and left running (`--detach`).
+    pub detached_jobs: usize,
 }
 
 impl Outcome {
@@ -61,14 +63,22 @@ impl Outcome {
             exit::OK
         }
     }
+
+    fn add(&mut self, r: &UnitResult) {
+        self.cells_run += r.cells_ok;
+        self.cells_failed += r.cells_failed;
+        self.servers_failed += usize::from(r.server_failed);
+        self.interrupted |= r.interrupted;
+    }
 }
 
-/// Runs the plan. Input was validated before; errors here are runtime failures (exit 1).
+/// Runs the plan. Input was validated before; errors here are runtime failures (exit 1), except a GPU
+/// set that cannot be resolved (exit 2, nothing started).
 pub fn execute(
     exp: &Experiment,
     plan: &Plan,
     store: &Store,
-    policy: Policy,
+    policy: &Policy,
 ) -> anyhow::Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,96 +91,145 @@ pub fn execute(
     outcome
 }
 
-/// What every server configuration of a run shares.
-struct Shared<'a> {
-    exp: &'a Experiment,
-    store: &'a Store,
-    client: &'a LoadClient,
-    reporter: &'a Reporter,
-    shutdown: &'a Shutdown,
+/// The GPU slots of a local run: `None` for the serial run. `"all"` asks `nvidia-smi`; a host without
+/// GPUs is then an error (exit 2), as is a server configuration that needs more GPUs than there are.
+pub fn local_slots(exp: &Experiment, plan: &Plan) -> anyhow::Result<executor::local::Slots> {
+    use executor::local::Slots;
+    let ids = match &exp.executor.local.gpus {
+        None => return Ok(Slots::Serial),
+        Some(GpuSet::Ids(ids)) => {
+            // On a GPU host, every index must exist; without nvidia-smi the ids are taken as given
+            // (nothing to check them against: a container without the tool, or a rehearsal).
+            if let Some(Ok(gpus)) = crate::gpu::Smi::find(None).map(|smi| smi.gpus())
+                && !gpus.is_empty()
+                && let Some(missing) = ids.iter().find(|i| **i as usize >= gpus.len())
+            {
+                return Err(Failure::bad_input(format!(
+                    "{}: [executor.local] gpus lists GPU {missing}, but nvidia-smi lists {} GPU(s) (0 to {})\n  help: list existing indexes, or write `gpus = \"all\"`",
+                    exp.file.display(),
+                    gpus.len(),
+                    gpus.len() - 1
+                ))
+                .into());
+            }
+            ids.clone()
+        }
+        Some(GpuSet::All) => {
+            let found = crate::gpu::Smi::find(None)
+                .ok_or_else(|| "nvidia-smi is not on PATH".to_string())
+                .and_then(|smi| smi.gpus());
+            match found {
+                Ok(gpus) if !gpus.is_empty() => (0..gpus.len() as u32).collect(),
+                Ok(_) => return Err(no_gpus(exp, "nvidia-smi lists no GPU")),
+                Err(e) => return Err(no_gpus(exp, &e)),
+            }
+        }
+    };
+    if let Some(s) = plan
+        .servers
+        .iter()
+        .find(|s| s.gpu_count.unwrap_or(1) as usize > ids.len())
+    {
+        return Err(Failure::bad_input(format!(
+            "{}: server {} needs {} GPUs, but this host has {} ({:?})\n  help: lower `gpus_per_server` in [executor.local], or run on a larger host",
+            exp.file.display(),
+            s.id,
+            s.gpu_count.unwrap_or(1),
+            ids.len(),
+            ids
+        ))
+        .into());
+    }
+    Ok(Slots::Gpus(ids))
 }
 
-/// Runs one phase of a server's life (start, readiness, a load point, teardown) obeying the second signal:
-/// when it comes, the group is SIGKILLed at once and the phase is left to end on its own (its process is
-/// gone, so it ends promptly). The first signal reaches the phases through `shutdown.stopping()`.
-async fn guard<T>(
-    phase: impl Future<Output = T>,
-    shutdown: &Shutdown,
-    group: Option<&KillHandle>,
-) -> T {
-    let mut phase = std::pin::pin!(phase);
-    tokio::select! {
-        biased;
-        out = &mut phase => out,
-        () = shutdown.killing().cancelled() => {
-            if let Some(group) = group {
-                group.kill_now();
-            }
-            phase.await
-        }
-    }
+fn no_gpus(exp: &Experiment, why: &str) -> anyhow::Error {
+    Failure::bad_input(format!(
+        "{}: [executor.local] gpus = \"all\", but this host has no GPU to use ({why})\n  help: list the GPU indexes (`gpus = [0, 1]`), or remove `gpus` to run one server configuration at a time",
+        exp.file.display()
+    ))
+    .into()
 }
 
 async fn execute_async(
     exp: &Experiment,
     plan: &Plan,
     store: &Store,
-    policy: Policy,
+    policy: &Policy,
 ) -> anyhow::Result<Outcome> {
     let shutdown = Shutdown::new();
     let listener = shutdown
         .listen()
         .context("installing the signal handlers")?;
-    let reporter = Reporter::new(plan.cell_count() as u64);
+    let reporter = Reporter::new(plan.cell_count() as u64, exp.executor.concurrent());
     let mut outcome = Outcome::default();
-    // Engine versions once per engine, before any server starts: they label every result and the
-    // environment record, and a missing engine binary shows up in the first seconds.
-    let versions = tokio::select! {
-        versions = engine_versions(exp, plan) => versions,
-        () = shutdown.stopping().cancelled() => {
-            outcome.interrupted = true;
-            listener.abort();
-            return Ok(outcome);
-        }
+    let units = units(plan, store, policy.force, &reporter, &mut outcome);
+    let slots = match exp.executor.kind {
+        ExecutorKind::Local => Some(local_slots(exp, plan)?),
+        ExecutorKind::Slurm => None,
     };
-    for (engine, version) in &versions {
-        reporter.line(format!(
-            "{engine}: {}",
-            version
-                .as_deref()
-                .unwrap_or("version unknown (version_command failed)")
-        ));
-    }
-    let known: BTreeMap<String, String> = versions
-        .iter()
-        .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-        .collect();
-    let file = exp.file.clone();
-    let environment = tokio::task::spawn_blocking(move || crate::envinfo::capture(&file, &known))
-        .await
-        .context("capturing the environment")?;
-    store
-        .write_environment(&environment)
-        .context("writing environment.json")?;
-    let client = LoadClient::new().context("creating the HTTP client")?;
-    let ctx = Shared {
+    let (done, finished) = tokio::sync::mpsc::unbounded_channel();
+    let c = Coordinator {
         exp,
+        plan,
         store,
-        client: &client,
-        reporter: &reporter,
+        policy,
         shutdown: &shutdown,
+        reporter: &reporter,
     };
-    let n = plan.servers.len();
-
-    for (i, server) in plan.servers.iter().enumerate() {
-        if shutdown.stopping().is_cancelled() {
-            outcome.interrupted = true;
-            break;
+    let work = async {
+        match slots {
+            Some(slots) => c.run_local(units, slots, done).await.map(|()| 0),
+            None => {
+                let run = executor::slurm::Run {
+                    exp,
+                    store,
+                    reporter: &reporter,
+                    shutdown: &shutdown,
+                    settings: &exp.executor.slurm,
+                    force: policy.force,
+                    fail_fast: policy.fail_fast,
+                    unit_args: &policy.unit_args,
+                    servers: plan.servers.len(),
+                };
+                if policy.detach {
+                    run.submit_only(units).await
+                } else {
+                    run.run(units, done).await.map(|()| 0)
+                }
+            }
         }
-        let pending: Vec<&CellPlan> = server
+    };
+    let (detached, finished) = tokio::join!(work, c.coordinate(finished));
+    outcome.detached_jobs = detached?;
+    outcome.cells_run += finished.cells_run;
+    outcome.cells_failed += finished.cells_failed;
+    outcome.servers_failed += finished.servers_failed;
+    outcome.interrupted |= finished.interrupted;
+    if shutdown.stopping().is_cancelled() {
+        outcome.interrupted = true;
+    }
+    reporter.finish();
+    listener.abort();
+    Ok(outcome)
+}
+
+/// The units with pending cells, in the plan's order; configurations with every cell done are counted
+/// as skipped and named.
+fn units<'p>(
+    plan: &'p Plan,
+    store: &Store,
+    force: bool,
+    reporter: &Reporter,
+    outcome: &mut Outcome,
+) -> Vec<Unit<'p>> {
+    let n = plan.servers.len();
+    let mut out = Vec::new();
+    for (index, server) in plan.servers.iter().enumerate() {
+        let pending: Vec<_> = server
             .points
             .iter()
-            .filter(|c| policy.force || store.cell_status(c) != CellStatus::Done)
+            .filter(|c| force || store.cell_status(c) != CellStatus::Done)
             .collect();
         let skipped = server.points.len() - pending.len();
         outcome.cells_skipped += skipped;
@@ -178,48 +237,109 @@ async fn execute_async(
         if pending.is_empty() {
             reporter.line(format!(
                 "[{}/{n}] {}: all {} cells done, not started",
-                i + 1,
+                index + 1,
                 server.id,
                 server.points.len()
             ));
-            continue;
-        }
-        reporter.line(format!(
-            "[{}/{n}] {}: {} cell(s) to run",
-            i + 1,
-            server.id,
-            pending.len()
-        ));
-        let version = versions.get(&server.engine).cloned().flatten();
-        let result = run_server(&ctx, server, &pending, version).await;
-        outcome.cells_run += result.cells_ok;
-        outcome.cells_failed += result.cells_failed;
-        if result.server_failed {
-            outcome.servers_failed += 1;
-        }
-        if result.interrupted || shutdown.stopping().is_cancelled() {
-            outcome.interrupted = true;
-        }
-        // Re-render after every server configuration so a crash later loses no report.
-        match render_report(exp, plan, store).await {
-            Ok(unreadable) => {
-                for problem in unreadable {
-                    reporter.line(format!(
-                        "warning: report skipped an unreadable record: {problem}"
-                    ));
-                }
-            }
-            Err(e) => reporter.line(format!("warning: report not rendered: {e:#}")),
-        }
-        if outcome.interrupted
-            || (policy.fail_fast && (result.server_failed || result.cells_failed > 0))
-        {
-            break;
+        } else {
+            out.push(Unit {
+                index,
+                server,
+                pending,
+            });
         }
     }
-    reporter.finish();
-    listener.abort();
-    Ok(outcome)
+    out
+}
+
+/// What the coordinator's parts share.
+struct Coordinator<'a> {
+    exp: &'a Experiment,
+    plan: &'a Plan,
+    store: &'a Store,
+    policy: &'a Policy,
+    shutdown: &'a Shutdown,
+    reporter: &'a Reporter,
+}
+
+impl Coordinator<'_> {
+    /// The local run: engine versions and the environment once, then the units on this host.
+    async fn run_local(
+        &self,
+        units: Vec<Unit<'_>>,
+        slots: executor::local::Slots,
+        done: Done,
+    ) -> anyhow::Result<()> {
+        let (exp, store, reporter) = (self.exp, self.store, self.reporter);
+        // Engine versions once per engine, before any server starts: they label every result and the
+        // environment record, and a missing engine binary shows up in the first seconds.
+        let servers: Vec<_> = self.plan.servers.iter().collect();
+        let versions = tokio::select! {
+            versions = engine_versions(exp, &servers) => versions,
+            () = self.shutdown.stopping().cancelled() => return Ok(()),
+        };
+        for (engine, version) in &versions {
+            reporter.line(format!(
+                "{engine}: {}",
+                version
+                    .as_deref()
+                    .unwrap_or("version unknown (version_command failed)")
+            ));
+        }
+        capture_environment(exp, store, &versions).await?;
+        if units.is_empty() {
+            return Ok(());
+        }
+        let client = LoadClient::new().context("creating the HTTP client")?;
+        let ports = PortAllocator::new();
+        let ctx = unit::Context {
+            exp,
+            store,
+            client: &client,
+            shutdown: self.shutdown,
+            ports: &ports,
+        };
+        executor::local::run(
+            &ctx,
+            reporter,
+            units,
+            &slots,
+            &versions,
+            self.policy.fail_fast,
+            &done,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Follows finished units until every executor is done: adds up their outcomes and re-renders the
+    /// report after each (several finished at once are rendered once).
+    async fn coordinate(
+        &self,
+        mut finished: tokio::sync::mpsc::UnboundedReceiver<Finished>,
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        while let Some(first) = finished.recv().await {
+            outcome.add(&first.result);
+            while let Ok(more) = finished.try_recv() {
+                outcome.add(&more.result);
+            }
+            // Re-rendered as units finish, so a crash later loses no report.
+            match render_report(self.exp, self.plan, self.store).await {
+                Ok(unreadable) => {
+                    for problem in unreadable {
+                        self.reporter.line(format!(
+                            "warning: report skipped an unreadable record: {problem}"
+                        ));
+                    }
+                }
+                Err(e) => self
+                    .reporter
+                    .line(format!("warning: report not rendered: {e:#}")),
+            }
+        }
+        outcome
+    }
 }
 
 /// Renders the report on the blocking pool (templates and files; it must not stall a running load);
@@ -237,395 +357,39 @@ async fn render_report(
     .context("the report task")?
 }
 
-#[derive(Default)]
-struct ServerResult {
-    cells_ok: usize,
-    cells_failed: usize,
-    server_failed: bool,
-    interrupted: bool,
-}
-
-async fn run_server(
-    ctx: &Shared<'_>,
-    server: &ServerPlan,
-    pending: &[&CellPlan],
-    engine_version: Option<String>,
-) -> ServerResult {
-    let (exp, store, reporter) = (ctx.exp, ctx.store, ctx.reporter);
-    let cancel = ctx.shutdown.stopping();
-    let engine = &exp.engines[&server.engine];
-    let mut record = ServerRecord {
-        id: server.id.clone(),
-        hash: server.hash.clone(),
-        engine: server.engine.clone(),
-        engine_version,
-        started_at: now_rfc3339(),
-        ..ServerRecord::default()
-    };
-    let mut result = ServerResult::default();
-
-    // Everything up to "ready": on failure every pending cell of this server fails with the reason.
-    let (running, rendered) = match start_server(ctx, engine, server, &mut record).await {
-        Ok(started) => started,
-        Err(failure) => {
-            if let Some(teardown) = &failure.teardown {
-                record_teardown(reporter, &mut record, teardown);
-            }
-            record.status = if failure.interrupted {
-                ServerStatus::Interrupted
-            } else {
-                ServerStatus::Failed
-            };
-            record.reason = Some(failure.reason.clone());
-            record.log_tail = failure.log_tail.clone();
-            write_or_warn(reporter, store.write_server(&record), "server record");
-            if failure.interrupted {
-                result.interrupted = true;
-                return result;
-            }
-            reporter.line(format!("  server failed: {}", failure.reason));
-            for cell in pending {
-                fail_cell(
-                    store,
-                    reporter,
-                    server,
-                    cell,
-                    &failure.reason,
-                    &failure.log_tail,
-                );
-            }
-            result.server_failed = true;
-            result.cells_failed = pending.len();
-            return result;
-        }
-    };
-    let group = running.as_ref().map(server::RunningServer::kill_handle);
-    let mut running = running;
-
-    let target = Target {
-        base_url: rendered.base_url.clone(),
-        model: rendered.request_model.clone(),
-        dialect: engine.defaults.dialect,
-        metrics_url: engine
-            .metrics_path
-            .as_ref()
-            .map(|p| format!("{}{p}", rendered.base_url)),
-        cache_counters: engine.defaults.cache_counters,
-        api_key: engine.api_key.clone(),
-    };
-    let command = command_line(&rendered);
-    // Telemetry: the server's GPUs (its CUDA_VISIBLE_DEVICES, else every GPU of this host) and metrics.
-    let watched = telemetry::Subject {
-        gpus: telemetry::GpuSet::for_server(&rendered.env, &rendered.base_url),
-        metrics: target
-            .metrics_url
-            .clone()
-            .map(|url| telemetry::MetricsEndpoint {
-                http: ctx.client.http().clone(),
-                url,
-                api_key: target.api_key.clone(),
-            }),
-    };
-    for (k, cell) in pending.iter().enumerate() {
-        if cancel.is_cancelled() {
-            result.interrupted = true;
-            break;
-        }
-        let label = format!("{} ({}/{})", cell.id, k + 1, pending.len());
-        reporter.phase(format!(
-            "{}: load point {}/{}",
-            server.id,
-            k + 1,
-            pending.len()
-        ));
-        let progress = load::Progress::default();
-        let bar = reporter.point(&label, progress.done.clone(), u64::from(cell.load.requests));
-        let started_at = now_rfc3339();
-        let window = telemetry::Window::start(&watched);
-        let outcome = guard(
-            load::run_point(ctx.client, &target, &cell.load, &progress, cancel),
-            ctx.shutdown,
-            group.as_ref(),
-        )
-        .await;
-        let recorded = window
-            .finish(outcome.as_ref().ok().map(|p| (p.t0, p.records.as_slice())))
-            .await;
-        drop(bar);
-        // A server that died under load invalidates the point, whatever the client saw.
-        let exited = running.as_mut().and_then(|r| r.exit_status());
-        let log_tail = || running.as_ref().map(|r| r.log_tail()).unwrap_or_default();
-        match (outcome, exited) {
-            (Err(LoadError::Interrupted), _) => {
-                result.interrupted = true;
-                break;
-            }
-            (_, Some(status)) => {
-                let tail = log_tail();
-                let reason = format!("the server exited during the load point ({status})");
-                reporter.line(format!("  {}: {reason}", cell.id));
-                for c in &pending[k..] {
-                    fail_cell(store, reporter, server, c, &reason, &tail);
-                }
-                result.cells_failed += pending.len() - k;
-                result.server_failed = true;
-                break;
-            }
-            (Err(e), None) => {
-                let reason = format!("load point failed: {e:#}");
-                fail_cell(store, reporter, server, cell, &reason, &log_tail());
-                result.cells_failed += 1;
-            }
-            (Ok(point), None) if point.summary.succeeded == 0 => {
-                let reason = no_success_reason(&point.summary.errors, &target.model, &server.model);
-                fail_cell(store, reporter, server, cell, &reason, &log_tail());
-                result.cells_failed += 1;
-            }
-            (Ok(point), None) => {
-                let cell_result = CellResult {
-                    schema: Schema::default(),
-                    id: cell.id.clone(),
-                    hash: cell.hash.clone(),
-                    server_id: server.id.clone(),
-                    server_hash: server.hash.clone(),
-                    model: server.model.clone(),
-                    precision: server.precision.clone(),
-                    engine: server.engine.clone(),
-                    vars: server
-                        .cell_vars(cell)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    load: serde_json::to_value(&cell.load).unwrap_or_default(),
-                    summary: point.summary,
-                    server_metrics: point.server_metrics,
-                    telemetry: recorded.telemetry.clone(),
-                    command: command.clone(),
-                    engine_version: record.engine_version.clone(),
-                    started_at,
-                    finished_at: now_rfc3339(),
-                };
-                let stored = match &point.prompts {
-                    Some(prompts) => store.write_prompts(&cell.id, prompts),
-                    None => Ok(()),
-                }
-                .and_then(|()| store.write_telemetry(&cell.id, &recorded))
-                .and_then(|()| store.write_cell(&cell_result, &point.records));
-                match stored {
-                    Ok(()) => {
-                        reporter.line(format!("  {}", cell_line(&cell_result)));
-                        reporter.cells_done(1);
-                        result.cells_ok += 1;
-                    }
-                    Err(e) => {
-                        reporter.line(format!("  {}: could not store the result: {e}", cell.id));
-                        result.cells_failed += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    if let Some(r) = running {
-        reporter.phase(format!("{}: stopping", server.id));
-        let teardown = guard(r.stop(), ctx.shutdown, group.as_ref()).await;
-        record_teardown(reporter, &mut record, &teardown);
-    }
-    record.status = if result.interrupted {
-        ServerStatus::Interrupted
-    } else if result.server_failed {
-        ServerStatus::Failed
-    } else {
-        ServerStatus::Ok
-    };
-    write_or_warn(reporter, store.write_server(&record), "server record");
-    result
-}
-
-/// The reason a point in which no request succeeded failed. Every request answered 404 almost always
-/// means the server does not know the model name we send.
-fn no_success_reason(
-    errors: &std::collections::BTreeMap<String, u64>,
-    sent_model: &str,
-    model_id: &str,
-) -> String {
-    let kinds: Vec<String> = errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
-    let mut reason = format!("no request succeeded ({})", kinds.join(", "));
-    if !errors.is_empty() && errors.keys().all(|k| k == "http_404") {
-        reason.push_str(&format!(
-            "\n  help: the server answered 404 to every request for model `{sent_model}`: it probably serves \
-             the model under another name; set `served_model_name` in [models.{model_id}] to the name it \
-             lists at /v1/models (or pass `--served-model-name` in the engine's command)"
-        ));
-    }
-    reason
-}
-
-/// What a teardown did, into the server record and the terminal (the same facts for a failed start, an
-/// interrupted one and a normal stop).
-fn record_teardown(reporter: &Reporter, record: &mut ServerRecord, teardown: &Teardown) {
-    record.teardown_s = Some(teardown.seconds);
-    record.teardown_escalated = Some(teardown.escalated);
-    record.teardown_leftovers = teardown.leftovers.clone();
-    record.port_freed = Some(teardown.port_freed);
-    record.gpu_wait_s = teardown.gpu_wait_s;
-    if !teardown.leftovers.is_empty() || !teardown.port_freed {
-        reporter.line(format!(
-            "  warning: after teardown {} process(es) of the group remain and the port is {}",
-            teardown.leftovers.len(),
-            if teardown.port_freed {
-                "free"
-            } else {
-                "still taken"
-            }
-        ));
-    }
-    reporter.line(format!(
-        "  stopped in {:.1}s{}",
-        teardown.seconds,
-        if teardown.escalated {
-            " (SIGKILL after the grace period or a second Ctrl-C)"
-        } else {
-            ""
-        }
-    ));
-}
-
-/// Why a server configuration never became ready; `teardown` is set when a process had been started.
-struct StartFailure {
-    reason: String,
-    log_tail: Vec<String>,
-    interrupted: bool,
-    teardown: Option<Teardown>,
-}
-
-impl StartFailure {
-    fn before_spawn(reason: String) -> StartFailure {
-        StartFailure {
-            reason,
-            log_tail: Vec::new(),
-            interrupted: false,
-            teardown: None,
-        }
-    }
-}
-
-/// Picks the port, renders the command, starts the server (or attaches) and waits until it is ready.
-async fn start_server(
-    ctx: &Shared<'_>,
-    engine: &Engine,
-    server: &ServerPlan,
-    record: &mut ServerRecord,
-) -> Result<(Option<server::RunningServer>, Rendered), StartFailure> {
-    let (exp, store, reporter) = (ctx.exp, ctx.store, ctx.reporter);
-    let cancel = ctx.shutdown.stopping();
-    let fail = StartFailure::before_spawn;
-    let smoke_for = |rendered: &Rendered| {
-        engine.smoke_test.then(|| {
-            SmokeRequest::completion(&rendered.request_model).with_api_key(engine.api_key.clone())
-        })
-    };
-    match &engine.launch {
-        Launch::Attach { .. } => {
-            let rendered = server.render(exp, None).map_err(fail)?;
-            record.command = format!("(already running at {})", rendered.shown_url());
-            record.base_url = rendered.shown_url();
-            reporter.phase(format!("{}: checking {}", server.id, rendered.shown_url()));
-            let ready = server::attach(
-                &rendered.base_url,
-                &engine.ready_path,
-                engine.ready_timeout,
-                smoke_for(&rendered).as_ref(),
-                cancel,
-            )
-            .await
-            .map_err(|e| StartFailure {
-                interrupted: matches!(e, server::StartError::Interrupted),
-                ..fail(rendered.redact(&e.to_string()))
-            })?;
-            record.time_to_ready_s = Some(ready.seconds);
-            Ok((None, rendered))
-        }
-        Launch::Spawn { port, .. } => {
-            let port = match port {
-                Some(p) if server::port_in_use_async(*p).await => {
-                    return Err(fail(format!(
-                        "port {p} is already in use by another process; stop it or change `port` in [engines.{}]",
-                        engine.name
-                    )));
-                }
-                Some(p) => *p,
-                None => server::pick_free_port().map_err(|e| fail(format!("no free port: {e}")))?,
-            };
-            let rendered = server.render(exp, Some(port)).map_err(fail)?;
-            record.command = command_line(&rendered);
-            record.env = redacted_env(&rendered);
-            record.base_url = rendered.shown_url();
-            record.port = Some(port);
-            let spec = ServerSpec {
-                id: server.id.clone(),
-                argv: rendered.argv.clone(),
-                secrets: rendered.secrets().clone(),
-                shell: rendered.shell,
-                env: rendered
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                workdir: rendered.workdir.as_ref().map(Into::into),
-                port,
-                base_url: rendered.base_url.clone(),
-                ready_path: engine.ready_path.clone(),
-                ready_timeout: engine.ready_timeout,
-                smoke: smoke_for(&rendered),
-                stop_grace: engine.stop_grace,
-                log_path: store.server_log_path(server),
-                gpu_release_timeout: engine.gpu_release_timeout,
-            };
-            reporter.phase(format!("{}: starting on port {port}", server.id));
-            let mut running =
-                server::start(&spec, &store.pid_file())
-                    .await
-                    .map_err(|e| StartFailure {
-                        log_tail: e.log_tail().to_vec(),
-                        ..fail(e.to_string())
-                    })?;
-            // From here on a second Ctrl-C kills this group at once, whatever the phase.
-            let group = running.kill_handle();
-            reporter.phase(format!(
-                "{}: waiting for {} (up to {})",
-                server.id,
-                engine.ready_path,
-                humantime::format_duration(engine.ready_timeout)
-            ));
-            match guard(running.wait_ready(cancel), ctx.shutdown, Some(&group)).await {
-                Ok(ready) => {
-                    record.time_to_ready_s = Some(ready.seconds);
-                    reporter.line(format!("  ready in {:.1}s", ready.seconds));
-                    Ok((Some(running), rendered))
-                }
-                Err(e) => {
-                    let log_tail = running.log_tail();
-                    let interrupted = matches!(e, server::StartError::Interrupted);
-                    reporter.phase(format!("{}: stopping", server.id));
-                    let teardown = guard(running.stop(), ctx.shutdown, Some(&group)).await;
-                    Err(StartFailure {
-                        reason: e.to_string(),
-                        log_tail,
-                        interrupted,
-                        teardown: Some(teardown),
-                    })
-                }
-            }
-        }
-    }
+/// Captures this host's environment into `environment.json` and `nodes/<host>/environment.json`.
+pub async fn capture_environment(
+    exp: &Experiment,
+    store: &Store,
+    versions: &BTreeMap<String, Option<String>>,
+) -> anyhow::Result<()> {
+    let known: BTreeMap<String, String> = versions
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+        .collect();
+    let file = exp.file.clone();
+    let environment = tokio::task::spawn_blocking(move || crate::envinfo::capture(&file, &known))
+        .await
+        .context("capturing the environment")?;
+    store
+        .write_environment(&environment)
+        .context("writing environment.json")?;
+    let node = environment.host.clone().unwrap_or_else(server::this_host);
+    store
+        .write_node_environment(&node, &environment)
+        .context("writing the node's environment.json")?;
+    Ok(())
 }
 
 /// Each engine's version, from its version command rendered for its first server configuration. The
 /// commands run at the same time, on the blocking pool (each may take up to two minutes).
-async fn engine_versions(exp: &Experiment, plan: &Plan) -> BTreeMap<String, Option<String>> {
+pub async fn engine_versions(
+    exp: &Experiment,
+    servers: &[&crate::plan::ServerPlan],
+) -> BTreeMap<String, Option<String>> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut out = BTreeMap::new();
-    for server in &plan.servers {
+    for server in servers {
         if out.contains_key(&server.engine) {
             continue;
         }
@@ -647,90 +411,4 @@ async fn engine_versions(exp: &Experiment, plan: &Plan) -> BTreeMap<String, Opti
         }
     }
     out
-}
-
-fn fail_cell(
-    store: &Store,
-    reporter: &Reporter,
-    server: &ServerPlan,
-    cell: &CellPlan,
-    reason: &str,
-    log_tail: &[String],
-) {
-    let failure = CellFailure {
-        schema: Schema::default(),
-        id: cell.id.clone(),
-        hash: cell.hash.clone(),
-        server_id: server.id.clone(),
-        reason: reason.to_string(),
-        log_tail: log_tail.to_vec(),
-        at: now_rfc3339(),
-    };
-    write_or_warn(reporter, store.write_failure(&failure), "failure record");
-    reporter.cells_done(1);
-}
-
-fn write_or_warn(reporter: &Reporter, result: std::io::Result<()>, what: &str) {
-    if let Err(e) = result {
-        reporter.line(format!("warning: could not write the {what}: {e}"));
-    }
-}
-
-/// One line per finished cell, with the numbers a person checks first; an unmeasured one is `—`.
-fn cell_line(c: &CellResult) -> String {
-    use crate::stats::Dist;
-    let s = &c.summary;
-    let n = |x: Option<f64>, decimals: usize| match x {
-        Some(x) if x.is_finite() => format!("{x:.decimals$}"),
-        _ => "—".to_string(),
-    };
-    let mut line = format!(
-        "{}: {}/{} ok, QPS {}, TTFT {} ms, TPOT {} ms, E2E {} ms, out {} tok/s",
-        c.id,
-        s.succeeded,
-        s.requests,
-        n(s.qps, 3),
-        n(Dist::mean_of(&s.ttft_ms), 1),
-        n(Dist::mean_of(&s.tpot_ms), 2),
-        n(Dist::mean_of(&s.e2e_ms), 0),
-        n(s.output_tokens_per_s, 1)
-    );
-    if let Some(rate) = c.server_metrics.prefix_cache_hit_rate {
-        line.push_str(&format!(", prefix hits {:.1}%", rate * 100.0));
-    }
-    for (what, check) in [("input", &s.input_tokens), ("output", &s.output_tokens)] {
-        if check.mismatched + check.unknown > 0 {
-            line.push_str(&format!(
-                "  [{what} length: {} mismatched, {} unknown]",
-                check.mismatched, check.unknown
-            ));
-        }
-    }
-    if s.client.saturated {
-        line.push_str("  [client saturated]");
-    }
-    line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn all_404_points_suggest_the_served_model_name() {
-        let errors = BTreeMap::from([("http_404".to_string(), 12u64)]);
-        let reason = no_success_reason(&errors, "/models/q14", "qwen3-14b");
-        assert!(
-            reason.starts_with("no request succeeded (http_404 ×12)"),
-            "{reason}"
-        );
-        assert!(
-            reason.contains("`/models/q14`")
-                && reason.contains("served_model_name")
-                && reason.contains("[models.qwen3-14b]"),
-            "{reason}"
-        );
-        let mixed = BTreeMap::from([("http_404".to_string(), 1u64), ("timeout".to_string(), 2)]);
-        assert!(!no_success_reason(&mixed, "m", "x").contains("served_model_name"));
-    }
 }

@@ -4,9 +4,11 @@
 //! <results_dir>/
 //!   experiment.toml                       the experiment file as last run
 //!   environment.json                      machine, GPU, versions, git state of the last run
-//!   runner.pid                            the running runner and its current server (stale-server cleanup)
-//!   servers/<server id>/server.json       rendered command, engine version, time to ready, teardown
+//!   nodes/<host>/environment.json         the same, per node that ran a server configuration
+//!   servers/<server id>/server.json       where it ran, rendered command, engine version, time to ready, teardown
 //!   servers/<server id>/server.log        the server's stdout and stderr
+//!   servers/<server id>/runner.pid        the runner running this server now (stale-server cleanup)
+//!   servers/<server id>/job.json          the Slurm job that runs (or ran) it; job.sh, slurm-<job id>.out
 //!   cells/<cell id>/result.json           one finished cell: settings, hash, summary, server metrics
 //!   cells/<cell id>/requests.jsonl        one line per request (the source of truth for every number)
 //!   cells/<cell id>/gpu.jsonl             GPU samples during the point (where telemetry was available)
@@ -255,6 +257,42 @@ pub struct ServerRecord {
     pub reason: Option<String>,
     #[serde(default)]
     pub log_tail: Vec<String>,
+    /// Where it ran: the executor (`local`, `slurm`), the node's host name, the Slurm job id, and the
+    /// GPUs it was given (its `CUDA_VISIBLE_DEVICES`; `None` when the runner did not assign any).
+    #[serde(default)]
+    pub executor: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub job_id: Option<String>,
+    #[serde(default)]
+    pub gpus: Option<String>,
+    /// Ports given up because the server reported "address already in use" (another program took the
+    /// port between our pick and its bind); the server then started on `port`.
+    #[serde(default)]
+    pub ports_in_use: Vec<u16>,
+    /// When the server record was last written with an outcome (local time, RFC 3339).
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+/// The Slurm job of one server configuration, in `servers/<id>/job.json`: written by the coordinator
+/// when it submits, read by every later coordinator (never submit twice while it is pending or running).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct JobRecord {
+    #[serde(default = "Schema::unversioned")]
+    pub schema: Schema,
+    pub server_id: String,
+    pub server_hash: String,
+    pub job_id: String,
+    /// The cells the job was submitted to run.
+    pub cells: Vec<String>,
+    pub submitted_at: String,
+    /// The host and pid of the coordinator that submitted it.
+    pub submitted_by: String,
+    /// How it ended, once a coordinator saw it end (`COMPLETED`, `CANCELLED`, …, or a description).
+    #[serde(default)]
+    pub final_state: Option<String>,
 }
 
 impl Store {
@@ -331,8 +369,73 @@ impl Store {
         self.server_dir(server).join("server.log")
     }
 
-    pub fn pid_file(&self) -> PathBuf {
-        self.root.join("runner.pid")
+    /// Where the runner that runs `server` records itself and its server's process group.
+    pub fn pid_file(&self, server: &ServerPlan) -> PathBuf {
+        self.server_dir(server).join(PID_FILE)
+    }
+
+    /// Every pid file in the results directory: one per server configuration that runs now (or whose
+    /// runner was killed hard), and the single one older runners wrote at the top.
+    pub fn pid_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let top = self.root.join(PID_FILE);
+        if top.exists() {
+            out.push(top);
+        }
+        let mut stack = vec![self.root.join("servers")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.file_name().is_some_and(|n| n == PID_FILE) {
+                    out.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn job_script_path(&self, server: &ServerPlan) -> PathBuf {
+        self.server_dir(server).join("job.sh")
+    }
+
+    pub fn write_job(&self, server: &ServerPlan, job: &JobRecord) -> std::io::Result<()> {
+        write_json(&self.server_dir(server).join(JOB_FILE), job)
+    }
+
+    pub fn read_job(&self, server: &ServerPlan) -> std::io::Result<Option<JobRecord>> {
+        read_json(&self.server_dir(server).join(JOB_FILE))
+    }
+
+    /// Writes the environment of one node (the unit that runs there does this before its server starts).
+    pub fn write_node_environment(
+        &self,
+        node: &str,
+        env: &crate::envinfo::Environment,
+    ) -> std::io::Result<()> {
+        write_json(
+            &self
+                .root
+                .join("nodes")
+                .join(id_path(node))
+                .join(ENVIRONMENT_FILE),
+            env,
+        )
+    }
+
+    pub fn read_node_environment(
+        &self,
+        node: &str,
+    ) -> std::io::Result<Option<crate::envinfo::Environment>> {
+        read_json(
+            &self
+                .root
+                .join("nodes")
+                .join(id_path(node))
+                .join(ENVIRONMENT_FILE),
+        )
     }
 
     /// Every stored cell result, in directory order (the report sorts as it needs). A `result.json`
@@ -424,6 +527,8 @@ pub fn now_rfc3339() -> String {
 
 pub const ENVIRONMENT_FILE: &str = "environment.json";
 pub const SERVER_FILE: &str = "server.json";
+pub const JOB_FILE: &str = "job.json";
+pub const PID_FILE: &str = "runner.pid";
 
 /// Reads one JSON record; a missing file is `None`, an unreadable one an error naming the file.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {

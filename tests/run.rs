@@ -142,8 +142,26 @@ fn group_members(pgid: i32) -> Vec<i32> {
     out
 }
 
+/// Every pid file in the results directory (one per server configuration that runs now).
+fn pid_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![results(dir)];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "runner.pid") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn pid_file(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(results(dir).join("runner.pid")).expect("pid file");
+    let path = pid_paths(dir).pop().expect("pid file");
+    let text = std::fs::read_to_string(path).expect("pid file");
     serde_json::from_str(&text).expect("pid file is JSON")
 }
 
@@ -174,7 +192,7 @@ fn run_stores_every_cell_and_report_then_resume_reruns_only_what_changed() {
     assert!(report.join("summary.zh.md").is_file() && report.join("records/tiny.zh.md").is_file());
     assert!(std::fs::read_dir(report.join("charts")).unwrap().count() >= 2);
     assert!(
-        !results(&dir.path).join("runner.pid").exists(),
+        pid_paths(&dir.path).is_empty(),
         "pid file removed after a clean run"
     );
     let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
@@ -250,7 +268,7 @@ fn ctrl_c_mid_load_exits_130_tears_the_server_down_and_keeps_finished_cells() {
         group_members(pgid).is_empty(),
         "no process of the server's group is left"
     );
-    assert!(!results(&dir.path).join("runner.pid").exists());
+    assert!(pid_paths(&dir.path).is_empty());
     let files = result_files(&dir.path);
     assert!(!files.is_empty() && files.len() < 4, "{files:?}");
     for f in &files {
@@ -294,7 +312,7 @@ fn runner_killed_hard_leaves_a_server_the_next_run_cleans_up() {
         !group_members(pgid).is_empty(),
         "the stale engine is still running"
     );
-    assert!(results(&dir.path).join("runner.pid").exists());
+    assert!(!pid_paths(&dir.path).is_empty());
 
     let out = run_in(&dir.path, &["e2e.toml"]);
     let stderr = text(&out.stderr);
@@ -471,7 +489,7 @@ fn double_ctrl_c_while_waiting_for_readiness_kills_the_group_at_once() {
     let dir = setup(&body);
     let mut runner = spawn_runner(&dir.path);
     wait_for("the server to start", Duration::from_secs(30), || {
-        results(&dir.path).join("runner.pid").exists()
+        !pid_paths(&dir.path).is_empty()
     });
     let pgid = pid_file(&dir.path)["pgid"].as_i64().expect("pgid") as i32;
     // Readiness polling is under way (the server answers 503).
@@ -519,7 +537,7 @@ fn sighup_with_the_terminal_gone_stops_gracefully_and_keeps_finished_cells() {
         "a graceful stop, not a panic on a failed write"
     );
     assert!(group_members(pgid).is_empty(), "the group is gone");
-    assert!(!results(&dir.path).join("runner.pid").exists());
+    assert!(pid_paths(&dir.path).is_empty());
     let record = server_record(&dir.path, "tiny/fp8/sim");
     assert_eq!(record["status"], "interrupted", "{record}");
     assert_eq!(record["teardown_escalated"], false, "{record}");

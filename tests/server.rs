@@ -466,6 +466,7 @@ fn a_live_runner_is_not_disturbed() {
     );
     let pid = other.0.id();
     let record = PidFile {
+        host: String::new(),
         runner_pid: pid,
         runner_start_ticks: procs::stat(pid).unwrap().start_ticks,
         server_id: "s".into(),

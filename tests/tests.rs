@@ -3,6 +3,7 @@
 mod common;
 mod compare;
 mod cpu_engines;
+mod executor;
 mod experiment;
 mod layout;
 mod load;
@@ -11,4 +12,5 @@ mod run;
 mod secrets;
 mod server;
 mod sim;
+mod slurm;
 mod telemetry;

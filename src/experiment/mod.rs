@@ -10,9 +10,11 @@
 
 pub mod cost;
 pub mod diag;
+pub mod executor;
 pub mod expr;
 pub mod load;
 mod raw;
+pub mod rehearse;
 pub mod scalar;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +50,8 @@ pub struct Experiment {
     pub report: ReportSettings,
     /// `[cost]`: prices for cost per token in the report; `None` when the file has no such table.
     pub cost: Option<Cost>,
+    /// `[executor]`: where and when each server configuration runs (`--executor` overrides the kind).
+    pub executor: executor::Executor,
     /// Values never to be shown: those of `${VAR}` whose name looks secret, and every `api_key`.
     pub secrets: Secrets,
 }
@@ -71,6 +75,9 @@ pub struct Engine {
     /// Sent as `Authorization: Bearer …` with every request to the server; never written anywhere.
     pub api_key: Option<ApiKey>,
     pub defaults: Defaults,
+    /// In a rehearsal, the real engine's templates: a matrix variable they use is not unused, although
+    /// the simulator's command does not mention it.
+    pub rehearsal_of: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +171,8 @@ pub const BUILTIN_VARS: &[&str] = &[
     "runner",
     "results_dir",
     "server_id",
+    "gpus",
+    "gpu_count",
 ];
 
 /// Reads and validates an experiment file. `Err` carries every problem found.
@@ -296,6 +305,9 @@ fn unknown_key(diags: &mut Diagnostics, locator: &Locator, path: &[String]) {
         }
         ["report", _] => ("[report]".into(), REPORT_KEYS),
         ["cost", _] => ("[cost]".into(), cost::COST_KEYS),
+        ["executor", _] => ("[executor]".into(), executor::EXECUTOR_KEYS),
+        ["executor", "local", _] => ("[executor.local]".into(), executor::LOCAL_KEYS),
+        ["executor", "slurm", _] => ("[executor.slurm]".into(), executor::SLURM_KEYS),
         _ => ("this table".into(), &[]),
     };
     let key = segs.last().copied().unwrap_or_default();
@@ -439,6 +451,7 @@ impl Validator<'_> {
         let matrix = self.matrix(raw.matrix, &engines, &models);
         let report = self.report(raw.report.unwrap_or_default());
         let cost = self.cost(raw.cost);
+        let executor = self.executor(raw.executor);
         Experiment {
             file: file.to_path_buf(),
             source: source.to_string(),
@@ -452,6 +465,7 @@ impl Validator<'_> {
             load,
             report,
             cost,
+            executor,
             secrets: self.secrets.clone(),
         }
     }
@@ -643,6 +657,7 @@ impl Validator<'_> {
             gpu_release_timeout,
             api_key,
             defaults: d,
+            rehearsal_of: Vec::new(),
         }
     }
 

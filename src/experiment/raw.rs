@@ -17,6 +17,7 @@ pub const TOP_KEYS: &[&str] = &[
     "load",
     "report",
     "cost",
+    "executor",
 ];
 pub const ENGINE_KEYS: &[&str] = &[
     "preset",
@@ -69,6 +70,7 @@ pub struct RawExperiment {
     pub load: Option<IndexMap<String, toml::Value>>,
     pub report: Option<RawReport>,
     pub cost: Option<super::cost::RawCost>,
+    pub executor: Option<super::executor::RawExecutor>,
 }
 
 #[derive(Debug, Deserialize, Default)]

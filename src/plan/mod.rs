@@ -35,6 +35,10 @@ pub const MAX_CELLS: usize = 10_000;
 /// Port shown in plans and hashed while the real port is not known yet.
 pub const PORT_PLACEHOLDER: &str = crate::shell::PORT_PLACEHOLDER;
 
+/// `{{ gpus }}` shown in plans and hashed while the GPUs are not assigned yet: which GPUs a server gets
+/// must not change its settings hash (a rerun may place it elsewhere).
+pub const GPUS_PLACEHOLDER: &str = "$GPUS";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub title: String,
@@ -75,6 +79,10 @@ pub struct ServerPlan {
     pub precision: String,
     /// Every server variable, including `model`, `precision` and `engine`.
     pub vars: IndexMap<String, Scalar>,
+    /// GPUs this configuration is given, when the executor assigns GPUs (local GPU slots, Slurm):
+    /// `gpus_per_server`, rendered with its variables. `None`: the serial local run, which leaves GPUs
+    /// alone.
+    pub gpu_count: Option<u32>,
     /// The command as it will run, with the port shown as `$PORT` when the runner picks it.
     pub display: Rendered,
     #[serde(skip)]
@@ -189,7 +197,22 @@ impl ServerPlan {
     /// Renders the command for the real port (`None` for `url` engines). Cannot fail for a plan that
     /// expanded: the same templates rendered with the placeholder port.
     pub fn render(&self, exp: &Experiment, port: Option<u16>) -> Result<Rendered, String> {
+        self.render_on(exp, port, None)
+    }
+
+    /// [`ServerPlan::render`] for the GPUs the executor gave this server (`{{ gpus }}`, e.g. "0,1").
+    pub fn render_on(
+        &self,
+        exp: &Experiment,
+        port: Option<u16>,
+        gpus: Option<&str>,
+    ) -> Result<Rendered, String> {
         let mut context = self.context.clone();
+        if let Some(gpus) = gpus
+            && context.get("gpus").is_some()
+        {
+            context["gpus"] = serde_json::Value::from(gpus);
+        }
         context["port"] = port.map_or(
             serde_json::Value::from(PORT_PLACEHOLDER),
             serde_json::Value::from,
@@ -439,7 +462,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             }
         }
 
-        let context = context(
+        let mut context = context(
             exp,
             model,
             &precision,
@@ -448,6 +471,26 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             &server_vars,
             &id,
         );
+        let gpu_count = match exp.executor.gpu_count() {
+            None => None,
+            Some((count, at)) => match gpus_for(count, &context, &exp.executor) {
+                Ok(n) => {
+                    context["gpu_count"] = n.into();
+                    context["gpus"] = GPUS_PLACEHOLDER.into();
+                    Some(n)
+                }
+                Err(message) => {
+                    if reported.insert(format!("gpus/{message}")) {
+                        error(
+                            &at,
+                            format!("for server {id}: {message}"),
+                            Some("write a number of GPUs, or a template of the configuration's variables such as \"{{ tensor_parallel_size }}\"".into()),
+                        );
+                    }
+                    continue;
+                }
+            },
+        };
         let display = match render(engine, &context, &exp.secrets) {
             Ok(r) => r,
             Err(e) => {
@@ -467,7 +510,16 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             if AXES.contains(&name.as_str()) {
                 continue;
             }
-            let used = template_text(engine).iter().any(|t| mentions(t, name));
+            // The GPU count template counts as a use: `tensor_parallel_size` may size the GPU set only.
+            let gpu_template = match exp.executor.gpu_count() {
+                Some((crate::experiment::executor::GpuCount::Template(t), _)) => Some(t.as_str()),
+                _ => None,
+            };
+            let used = template_text(engine)
+                .into_iter()
+                .chain(engine.rehearsal_of.iter().map(String::as_str))
+                .chain(gpu_template)
+                .any(|t| mentions(t, name));
             if !used && reported.insert(format!("unused/{engine_name}/{name}")) {
                 error(
                     &["matrix", name],
@@ -567,6 +619,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
             model: model_id,
             precision,
             vars: server_vars,
+            gpu_count,
             display,
             context,
             points: cells,
@@ -763,6 +816,42 @@ fn context(
     );
     ctx.insert("server_id".into(), id.into());
     serde_json::Value::Object(ctx)
+}
+
+/// The GPUs one server configuration needs: the number, or the template rendered with the
+/// configuration's context; at least 1, and no more than an explicit `[executor.local] gpus` list has.
+fn gpus_for(
+    count: &crate::experiment::executor::GpuCount,
+    context: &serde_json::Value,
+    executor: &crate::experiment::executor::Executor,
+) -> Result<u32, String> {
+    use crate::experiment::executor::{ExecutorKind, GpuCount, GpuSet};
+    let n = match count {
+        GpuCount::Fixed(n) => *n,
+        GpuCount::Template(t) => {
+            let ctx = tera::Context::from_value(context.clone()).map_err(|e| e.to_string())?;
+            let text = render_one(t, &ctx)?;
+            match text.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(format!(
+                        "gpus_per_server `{t}` gives `{}`, not a number of GPUs (1 or more)",
+                        text.trim()
+                    ));
+                }
+            }
+        }
+    };
+    if executor.kind == ExecutorKind::Local
+        && let Some(GpuSet::Ids(ids)) = &executor.local.gpus
+        && n as usize > ids.len()
+    {
+        return Err(format!(
+            "it needs {n} GPUs, but [executor.local] gpus lists only {}",
+            ids.len()
+        ));
+    }
+    Ok(n)
 }
 
 /// Whether any template of `engine` (command, env values, version command) uses variable `name`, e.g.

@@ -23,6 +23,46 @@ pub fn command_line(r: &Rendered) -> String {
     r.command_line()
 }
 
+/// Where a server configuration will run, in words (the executor decides at run time; this is what
+/// the file asks for).
+pub fn runs_on(exp: &Experiment, server: &super::ServerPlan) -> String {
+    use crate::experiment::executor::{ExecutorKind, GpuSet};
+    let gpus = |n: u32| format!("{n} GPU{}", if n == 1 { "" } else { "s" });
+    let count = server.gpu_count.unwrap_or(1);
+    match exp.executor.kind {
+        ExecutorKind::Local => match &exp.executor.local.gpus {
+            None => "this host, one server configuration at a time".to_string(),
+            Some(GpuSet::All) => format!(
+                "this host, {} out of every GPU nvidia-smi lists (assigned when it starts)",
+                gpus(count)
+            ),
+            Some(GpuSet::Ids(ids)) => {
+                let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+                format!(
+                    "this host, {} out of GPUs {} (assigned when it starts; disjoint from the servers beside it)",
+                    gpus(count),
+                    list.join(",")
+                )
+            }
+        },
+        ExecutorKind::Slurm => {
+            let s = &exp.executor.slurm;
+            let mut text = format!(
+                "a Slurm job on partition {}, {}",
+                s.partition.as_deref().unwrap_or("(the cluster's default)"),
+                gpus(count)
+            );
+            if let Some(limit) = s.time_limit {
+                text.push_str(&format!(
+                    ", time limit {}",
+                    humantime::format_duration(limit)
+                ));
+            }
+            text
+        }
+    }
+}
+
 /// `status` tells each cell's state (the store reads it from the results directory).
 pub fn text(
     out: &mut impl Write,
@@ -32,6 +72,7 @@ pub fn text(
 ) -> io::Result<()> {
     writeln!(out, "{} ({})", exp.title, exp.file.display())?;
     writeln!(out, "results: {}", exp.results_dir.display())?;
+    writeln!(out, "executor: {}", exp.executor.kind.name())?;
     let mut counts = [0usize; 4];
     let n = plan.servers.len();
     for (i, server) in plan.servers.iter().enumerate() {
@@ -76,6 +117,7 @@ pub fn text(
             "  model:    {} (requests name it `{}`)",
             server.model, server.display.request_model
         )?;
+        writeln!(out, "  runs on:  {}", runs_on(exp, server))?;
         for cell in &server.points {
             let status = status(cell);
             counts[status as usize] += 1;
@@ -182,6 +224,8 @@ struct JsonServer<'a> {
     argv: Vec<String>,
     env: Vec<(String, String)>,
     base_url: String,
+    runs_on: String,
+    gpu_count: Option<u32>,
     cells: Vec<JsonCell<'a>>,
 }
 
@@ -226,6 +270,8 @@ pub fn json_value(
                 argv: s.display.shown_argv(),
                 env: s.display.shown_env(),
                 base_url: s.display.shown_url(),
+                runs_on: runs_on(exp, s),
+                gpu_count: s.gpu_count,
                 cells: s
                     .points
                     .iter()

@@ -131,6 +131,17 @@ fn read_store(plan: &Plan, store: &Store) -> anyhow::Result<view::Stored> {
         }
     }
     let environment = readable(store.read_environment(), &mut unreadable);
+    let mut node_environments = HashMap::new();
+    for node in servers
+        .values()
+        .filter_map(|r: &store::ServerRecord| r.node.clone())
+    {
+        if !node_environments.contains_key(&node)
+            && let Some(env) = readable(store.read_node_environment(&node), &mut unreadable)
+        {
+            node_environments.insert(node, env);
+        }
+    }
     Ok(view::Stored {
         results: stored
             .cells
@@ -140,6 +151,7 @@ fn read_store(plan: &Plan, store: &Store) -> anyhow::Result<view::Stored> {
         failures,
         servers,
         environment,
+        node_environments,
         unreadable_cells,
         unreadable,
     })

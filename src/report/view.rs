@@ -38,6 +38,8 @@ pub struct Stored {
     pub failures: HashMap<String, CellFailure>,
     pub servers: HashMap<String, ServerRecord>,
     pub environment: Option<Environment>,
+    /// Each node's own environment (`nodes/<host>/environment.json`), by host name.
+    pub node_environments: HashMap<String, Environment>,
     /// Cells of the plan whose `result.json` exists but could not be read: cell id → the problem.
     pub unreadable_cells: HashMap<String, String>,
     /// Every stored file that could not be read (`path: error`), skipped with a warning.
@@ -171,6 +173,19 @@ pub struct EnvView {
     pub git: String,
 }
 
+/// Where one server configuration ran, shown when its nodes differ (the environment above is then one
+/// node's only).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementView {
+    pub server: String,
+    pub node: String,
+    pub executor: String,
+    pub gpus: String,
+    /// The node's GPUs and driver, from its own environment record.
+    pub gpu_line: String,
+    pub engine_version: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counts {
     pub total: usize,
@@ -206,6 +221,8 @@ pub struct Report {
     pub hardware_extra: Vec<(String, String)>,
     pub site: serde_json::Map<String, serde_json::Value>,
     pub env: Option<EnvView>,
+    /// One row per server configuration when they ran on more than one node; empty otherwise.
+    pub placements: Vec<PlacementView>,
     pub counts: Counts,
     pub threshold: String,
     /// Every warning, prefixed with its table's heading.
@@ -445,6 +462,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         hardware_extra,
         site,
         env: stored.environment.as_ref().map(env_view),
+        placements: placements(plan, stored),
         counts,
         threshold: format::percent(threshold),
         warnings,
@@ -878,6 +896,48 @@ fn spaced(label: &str) -> String {
         Some(c) if c.is_ascii() => format!("{label} "),
         _ => label.to_string(),
     }
+}
+
+/// The placement table, when server configurations ran on more than one node (or elsewhere than the
+/// host the environment record describes).
+fn placements(plan: &Plan, stored: &Stored) -> Vec<PlacementView> {
+    let mut nodes: Vec<&str> = stored
+        .servers
+        .values()
+        .filter_map(|r| r.node.as_deref())
+        .collect();
+    if let Some(host) = stored.environment.as_ref().and_then(|e| e.host.as_deref()) {
+        nodes.push(host);
+    }
+    nodes.sort_unstable();
+    nodes.dedup();
+    if nodes.len() < 2 {
+        return Vec::new();
+    }
+    plan.servers
+        .iter()
+        .filter_map(|s| stored.servers.get(&s.id))
+        .map(|r| {
+            let node = r.node.clone().unwrap_or_else(|| NONE.to_string());
+            let gpu_line = stored
+                .node_environments
+                .get(&node)
+                .map(|e| env_view(e).gpu_line)
+                .unwrap_or_else(|| NONE.to_string());
+            PlacementView {
+                server: r.id.clone(),
+                node,
+                executor: r.executor.clone().unwrap_or_else(|| NONE.to_string()),
+                gpus: r.gpus.clone().unwrap_or_else(|| NONE.to_string()),
+                gpu_line,
+                engine_version: r
+                    .engine_version
+                    .as_deref()
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| NONE.to_string()),
+            }
+        })
+        .collect()
 }
 
 fn env_view(env: &Environment) -> EnvView {

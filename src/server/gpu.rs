@@ -21,19 +21,28 @@ const POLL: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct GpuProbe {
     smi: Smi,
+    /// The GPU indexes to watch; `None`: all.
+    only: Option<Vec<usize>>,
 }
 
 impl GpuProbe {
     /// `nvidia-smi` from PATH, if there is one (i.e. this is a GPU host).
     pub fn find() -> Option<GpuProbe> {
-        Smi::find(None).map(|smi| GpuProbe { smi })
+        Smi::find(None).map(|smi| GpuProbe { smi, only: None })
     }
 
     /// A probe that runs `program` instead (tests use a fake).
     pub fn with_program(program: impl Into<std::path::PathBuf>) -> GpuProbe {
         GpuProbe {
             smi: Smi::with_program(program),
+            only: None,
         }
+    }
+
+    /// Watches only these GPU indexes (a server's GPU set, when servers share the host's GPUs).
+    pub fn only(mut self, gpus: Option<Vec<usize>>) -> GpuProbe {
+        self.only = gpus;
+        self
     }
 
     /// Runs one blocking query on the blocking pool; a query that cannot run answers nothing.
@@ -47,7 +56,11 @@ impl GpuProbe {
 
     /// Used memory per GPU in MiB, in index order.
     pub async fn memory_used(&self) -> Option<Vec<u64>> {
-        self.ask(Smi::memory_used).await
+        let all = self.ask(Smi::memory_used).await?;
+        Some(match &self.only {
+            None => all,
+            Some(ids) => ids.iter().filter_map(|i| all.get(*i).copied()).collect(),
+        })
     }
 
     /// Pids of processes holding GPU memory.

@@ -55,8 +55,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use gpu::GpuProbe;
 pub use logs::TAIL_LINES;
-pub use pidfile::{PidFile, StaleCleanup, cleanup_stale};
-pub use port::{pick_free_port, port_in_use, port_in_use_async};
+pub use pidfile::{PidFile, StaleCleanup, cleanup_stale, this_host};
+pub use port::{
+    PortAllocator, pick_free_port, port_in_use, port_in_use_async, says_address_in_use,
+};
 pub use version::engine_version;
 
 pub use crate::tool::describe_status;
@@ -153,6 +155,19 @@ fn join_url(base: &str, path: &str) -> String {
         base.trim_end_matches('/'),
         path.trim_start_matches('/')
     )
+}
+
+/// The GPU indexes of `CUDA_VISIBLE_DEVICES` in a server's environment; `None` when it is not set or
+/// names GPUs otherwise (UUIDs): then every GPU is watched.
+fn visible_gpus(env: &[(String, String)]) -> Option<Vec<usize>> {
+    let (_, value) = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "CUDA_VISIBLE_DEVICES")?;
+    value
+        .split(',')
+        .map(|id| id.trim().parse::<usize>().ok())
+        .collect()
 }
 
 /// A server declared ready.
@@ -358,8 +373,9 @@ pub async fn start(spec: &ServerSpec, pid_file: &Path) -> Result<RunningServer, 
     ))?;
     let log_drain = output.drained();
 
-    // The memory in use before the server exists is what "released" means after it is gone.
-    let gpu = GpuProbe::find();
+    // The memory in use before the server exists is what "released" means after it is gone; only the
+    // GPUs this server was given count (others may be busy with servers running beside it).
+    let gpu = GpuProbe::find().map(|probe| probe.only(visible_gpus(&spec.env)));
     let gpu_baseline = match &gpu {
         Some(probe) if !spec.gpu_release_timeout.is_zero() => probe.memory_used().await,
         _ => None,

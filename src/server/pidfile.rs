@@ -17,6 +17,10 @@ use super::procs;
 /// Contents of `runner.pid` (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidFile {
+    /// The host the runner runs on (results directories may be shared between the nodes of a cluster:
+    /// a pid means something only on its own host). Empty in files of older runners: this host.
+    #[serde(default)]
+    pub host: String,
     pub runner_pid: u32,
     pub runner_start_ticks: u64,
     pub server_id: String,
@@ -34,6 +38,7 @@ impl PidFile {
     pub fn new(server_id: &str, pgid: i32, port: u16) -> PidFile {
         let runner_pid = std::process::id();
         PidFile {
+            host: this_host(),
             runner_pid,
             runner_start_ticks: procs::stat(runner_pid).map_or(0, |s| s.start_ticks),
             server_id: server_id.to_string(),
@@ -86,6 +91,13 @@ impl PidFile {
             None => true,
         }
     }
+}
+
+/// This host's name (empty if it cannot be read).
+pub fn this_host() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// An I/O error that names the file and what we tried, keeping its kind.
@@ -141,7 +153,7 @@ const PORT_WAIT: Duration = Duration::from_secs(5);
 
 /// Cleans up after a runner that died without tearing its server down. Blocks for up to ~15 s.
 ///
-/// - no pid file: `Ok(None)`;
+/// - no pid file, or one written on another host: `Ok(None)`;
 /// - the recorded runner still runs (another process): an error of kind `ResourceBusy` naming it;
 /// - otherwise the recorded group gets TERM, a short grace, KILL; we wait until it is gone and its port
 ///   free, remove the file and report what was done.
@@ -149,6 +161,10 @@ pub fn cleanup_stale(pid_file: &Path) -> io::Result<Option<StaleCleanup>> {
     let Some(record) = PidFile::read(pid_file)? else {
         return Ok(None);
     };
+    if !record.host.is_empty() && record.host != this_host() {
+        // Another node's runner (a shared results directory): its pids mean nothing here.
+        return Ok(None);
+    }
     if record.runner_alive_elsewhere() {
         return Err(io::Error::new(
             io::ErrorKind::ResourceBusy,
