@@ -214,7 +214,10 @@ async fn run_server(
             .metrics_url
             .clone()
             .map(|url| telemetry::MetricsEndpoint {
-                http: ctx.client.http().clone(),
+                // A new connection per scrape: llama.cpp closes idle kept-alive connections, and a
+                // scrape that reuses one just closed fails ("connection closed before message
+                // completed"). One connection a second costs nothing.
+                http: ctx.client.fresh().clone(),
                 url,
                 api_key: target.api_key.clone(),
             }),

@@ -415,7 +415,7 @@ fn gpus_all_asks_nvidia_smi_and_a_host_without_one_is_refused_before_anything_st
     )
     .unwrap();
     std::fs::write(
-        bin.join("mem"),
+        bin.join("gpus"),
         "NVIDIA H100, 81559 MiB, 580.1, Disabled\nNVIDIA H100, 81559 MiB, 580.1, Disabled\n",
     )
     .unwrap();

@@ -159,7 +159,7 @@ pub async fn run_point(
         .store(u64::from(spec.requests), Ordering::Relaxed);
 
     let before = match &target.metrics_url {
-        Some(url) => Some(scrape::scrape(client.http(), url, target.api_key.as_ref()).await),
+        Some(url) => Some(scrape::scrape(client.fresh(), url, target.api_key.as_ref()).await),
         None => None,
     };
 
@@ -174,7 +174,7 @@ pub async fn run_point(
         (None, _) => ServerMetrics::missing("the server has no metrics endpoint"),
         (Some(_), Some(Err(e))) => ServerMetrics::missing(format!("{e:#}")),
         (Some(url), Some(Ok(before))) => {
-            match scrape::scrape(client.http(), url, target.api_key.as_ref()).await {
+            match scrape::scrape(client.fresh(), url, target.api_key.as_ref()).await {
                 Ok(after) => ServerMetrics::between(&before, &after, target.cache_counters),
                 Err(e) => ServerMetrics::missing(format!("{e:#}")),
             }
