@@ -525,20 +525,13 @@ fn differences(a: &Run, b: &Run, matched: &[(&CellResult, &CellResult)]) -> Vec<
             );
         }
         let (lx, ly) = (load_settings(x), load_settings(y));
-        let only = |p: &[String], q: &[String]| {
-            let v: Vec<&str> = p
-                .iter()
-                .filter(|s| !q.contains(s))
-                .map(String::as_str)
-                .collect();
-            if v.is_empty() {
-                "无".to_string()
-            } else {
-                v.join("，")
-            }
-        };
         if lx != ly {
-            note("负载设置".into(), only(&lx, &ly), only(&ly, &lx), id);
+            note(
+                "负载设置".into(),
+                ratio::only_in(&lx, &ly),
+                ratio::only_in(&ly, &lx),
+                id,
+            );
         }
     }
     if let (Some(ea), Some(eb)) = (&a.environment, &b.environment) {

@@ -75,23 +75,10 @@ pub fn reasons(num: &Side, den: &Side) -> Vec<String> {
     // A ratio is only fair under the same load; say so where it is not (the seed compared a run capped
     // at 24 in flight with an uncapped one).
     if num.load != den.load {
-        let only = |a: &Side, b: &Side| {
-            let v: Vec<&str> = a
-                .load
-                .iter()
-                .filter(|x| !b.load.contains(x))
-                .map(String::as_str)
-                .collect();
-            if v.is_empty() {
-                "无".to_string()
-            } else {
-                v.join("，")
-            }
-        };
         out.push(format!(
             "负载设置不同：{} vs {}",
-            only(num, den),
-            only(den, num)
+            only_in(&num.load, &den.load),
+            only_in(&den.load, &num.load)
         ));
     }
     for (side, other) in [(den, num), (num, den)] {
@@ -113,4 +100,18 @@ pub fn reasons(num: &Side, den: &Side) -> Vec<String> {
         }
     }
     out
+}
+
+/// The load settings of `a` that `b` does not have, as a reader sees them (`max_inflight=24`), or 无.
+pub fn only_in(a: &[String], b: &[String]) -> String {
+    let v: Vec<&str> = a
+        .iter()
+        .filter(|x| !b.contains(x))
+        .map(String::as_str)
+        .collect();
+    if v.is_empty() {
+        "无".to_string()
+    } else {
+        v.join("，")
+    }
 }
