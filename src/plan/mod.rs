@@ -231,11 +231,18 @@ impl ServerPlan {
     }
 }
 
-/// Where the running binary is, for `{{ runner }}` (the simulated engine is this binary).
+/// Where the running binary is, for `{{ runner }}` (the simulated engine is this binary). Read once: if the
+/// binary is replaced during a run (a rebuild, an upgrade), Linux names the running one `<path> (deleted)`
+/// from then on, and later servers would be started with that name; the path itself still leads to a
+/// runner.
 pub fn runner_path() -> String {
-    std::env::current_exe()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "runner".into())
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        std::env::current_exe()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "runner".into())
+    })
+    .clone()
 }
 
 impl Plan {
