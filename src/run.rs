@@ -327,12 +327,15 @@ async fn run_server(
         let progress = load::Progress::default();
         let bar = reporter.point(&label, progress.done.clone(), u64::from(cell.load.requests));
         let started_at = now_rfc3339();
-        let outcome = guard(
-            load::run_point(ctx.client, &target, &cell.load, &progress, cancel),
-            ctx.shutdown,
-            group.as_ref(),
-        )
-        .await;
+        // Records go to the cell's requests.jsonl as requests finish.
+        let outcome = match store.requests_writer(&cell.id) {
+            Ok(sink) => {
+                let point =
+                    load::run_point(ctx.client, &target, &cell.load, &progress, cancel, sink);
+                guard(point, ctx.shutdown, group.as_ref()).await
+            }
+            Err(e) => Err(LoadError::Record(e)),
+        };
         drop(bar);
         // A server that died under load invalidates the point, whatever the client saw.
         let exited = running.as_mut().and_then(|r| r.exit_status());
@@ -389,7 +392,7 @@ async fn run_server(
                     Some(prompts) => store.write_prompts(&cell.id, prompts),
                     None => Ok(()),
                 }
-                .and_then(|()| store.write_cell(&cell_result, &point.records));
+                .and_then(|()| store.write_cell(&cell_result, point.records));
                 match stored {
                     Ok(()) => {
                         reporter.line(format!("  {}", cell_line(&cell_result)));

@@ -191,6 +191,7 @@ async fn level(
             id_range: [100, 150_000],
         },
         save_prompts: false,
+        connections: Default::default(),
     };
     let target = Target {
         base_url: url,
@@ -205,6 +206,7 @@ async fn level(
         &spec,
         &Progress::default(),
         &CancellationToken::new(),
+        Vec::new(),
     )
     .await;
     // SIGTERM makes the engine flush its timing log; stop it before looking at the outcome.

@@ -63,18 +63,38 @@ pub struct TokenCheck {
 /// The client's own health during a load point: if it read chunks late, the numbers may be distorted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClientCheck {
-    /// Scheduling lag of the client's runtime (how late a timer or read wake-up ran), ms; `None` when
-    /// the lag monitor took no sample.
+    /// Scheduling lag of the client's runtime (how late a timer wake-up ran), ms; `None` when the lag
+    /// monitor took no sample.
     pub lag_ms_p50: Option<f64>,
     pub lag_ms_p99: Option<f64>,
     pub lag_ms_max: Option<f64>,
+    /// Read lag: how long received response bytes waited in the kernel before the client read them
+    /// (the kernel's receive timestamp to the read), ms, over every read of the measured phase; `None`
+    /// where the kernel gives no timestamps (and in results from before it was measured).
+    #[serde(default)]
+    pub read_lag_ms_p50: Option<f64>,
+    #[serde(default)]
+    pub read_lag_ms_p99: Option<f64>,
+    #[serde(default)]
+    pub read_lag_ms_max: Option<f64>,
     /// Most requests in flight at once (proves the offered load).
     pub peak_inflight: u32,
-    /// True when lag was high enough that TTFT/ITL may be inflated by the client; flagged in the report.
+    /// True when either lag was high enough that TTFT/ITL may be inflated by the client; flagged in
+    /// the report.
     pub saturated: bool,
-    /// CPU time (user + system) the client process used during the point, seconds.
+    /// CPU time (user + system) of the whole client process during the measured phase, seconds.
     #[serde(default)]
     pub cpu_s: f64,
+    /// With `connections = "warm"`: connections open before the measured phase started, and how long
+    /// opening them took (ms). `None` with cold connections (and in older results).
+    #[serde(default)]
+    pub connections_warm: Option<u32>,
+    #[serde(default)]
+    pub connect_ms: Option<f64>,
+    /// The point's time origin (0 ms in `requests.jsonl`) on the system's monotonic clock, ns: lines the
+    /// records up with other logs of the same machine (an engine's timing log, telemetry).
+    #[serde(default)]
+    pub t0_mono_ns: Option<u64>,
 }
 
 /// One load point's figures. Figures that may be unmeasured are `Option`s (see the module's invariants);
@@ -454,6 +474,7 @@ mod tests {
                 id_range: [100, 1000],
             },
             save_prompts: false,
+            connections: Default::default(),
         }
     }
 
