@@ -10,7 +10,7 @@
 //! - [`schedule`]: warm-up, connection opening, closed loop, in-flight cap, Poisson rate.
 //! - [`recorder`]: records leave as requests finish, summarised on the way.
 //! - [`health`]: the client's self-check (runtime lag, read lag, CPU).
-//! - [`bench`]: the client benchmark against the simulated engine (`runner bench-client`).
+//! - [`bench`]: the client benchmark (`runner bench-client`): `runner run` against the simulated engine.
 //!
 //! Invariants: a point never fails because requests fail (they are counted by kind); only setup problems,
 //! a failed record write and cancellation end it early. Warm-up requests are recorded but marked and
