@@ -596,8 +596,17 @@ fn measured_row(
         );
     }
     if s.client.saturated {
+        // Read lag (how long received bytes waited for the client) is shown where it was measured.
+        let read = match s.client.read_lag_ms_p99 {
+            Some(p99) => format!(
+                "；读取延迟 p99 {} ms，最大 {} ms",
+                format::opt3(Some(p99)),
+                format::opt3(s.client.read_lag_ms_max)
+            ),
+            None => String::new(),
+        };
         let text = format!(
-            "客户端饱和（调度延迟 p99 {} ms，最大 {} ms）：TTFT/TPOT 可能被客户端拉高",
+            "客户端饱和（调度延迟 p99 {} ms，最大 {} ms{read}）：TTFT/TPOT 可能被客户端拉高",
             format::opt3(s.client.lag_ms_p99),
             format::opt3(s.client.lag_ms_max)
         );
