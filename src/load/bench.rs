@@ -2,18 +2,23 @@
 //! concurrency it writes an experiment file whose engine is `runner sim` in fixed-timing mode (every
 //! first token due a known time after the request arrived, every next one a known time later, with a
 //! timing log of when each chunk was really handed out), runs `runner run` on it as a child process, and
-//! compares the stored cell (`result.json`, `requests.jsonl`) with the truth and with the engine's log.
+//! compares the stored cell (`result.json`, `requests.jsonl`) with the truth and, request by request,
+//! with the engine's log (matched by the prompt's first token, unique per request; the prompts are
+//! regenerated from the experiment file exactly as the run made them).
 //!
 //! So the benchmark covers the same warm-up, connection handling, scheduler, records and store as a
 //! campaign; the engine is a separate process (its CPU is not the client's), and the client's CPU time
 //! is the one the cell itself records for its measured phase.
 
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
 
+use super::prompt::PromptSource;
+use super::prompt_salt;
 use crate::sim::{TimingRecord, read_log};
 use crate::stats::{Dist, RequestRecord};
 use crate::store::{REQUESTS_FILE, Store, id_path};
@@ -50,7 +55,9 @@ pub struct BenchArgs {
     pub keep: Option<PathBuf>,
 }
 
-/// One row of the result table.
+/// One row of the result table. Errors are measured − true, ms; "true" is the nominal timing (TTFT and
+/// TPOT the engine was told to keep), and the legs say where each request's error arose, from the
+/// engine's timing log matched to the request by its prompt.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub concurrency: u32,
@@ -62,22 +69,18 @@ pub struct Row {
     /// Connections opened before the measured phase, and how long that took (ms).
     pub connections_warm: Option<u32>,
     pub connect_ms: Option<f64>,
-    /// Measured TTFT − true TTFT, ms (mean, p99).
-    pub ttft_err_mean: f64,
-    pub ttft_err_p99: f64,
-    /// Measured TPOT − true TPOT, ms (mean, p99).
-    pub tpot_err_mean: f64,
-    pub tpot_err_p99: f64,
-    /// How late the engine handed out first chunks (its own share of the error), ms (mean, p99).
-    pub engine_late_mean: f64,
-    pub engine_late_p99: f64,
-    /// The mean TTFT error split into its legs, ms: client send → engine has read the request head;
-    /// engine hands out the first chunk → client has read it (means over the same requests, so no
-    /// request matching is needed; both clocks are the machine's monotonic clock).
-    pub send_to_engine_mean: f64,
-    pub first_chunk_delivery_mean: f64,
-    /// Engine hands out a chunk → client has read it, mean over every chunk, ms.
-    pub chunk_delivery_mean: f64,
+    pub ttft_err: Option<Dist>,
+    /// The TTFT error's legs per request: client send → the engine read the request head; how late the
+    /// engine handed out the first chunk; engine hand-over → the client read it (the client's own
+    /// share on the way back).
+    pub send_to_engine: Option<Dist>,
+    pub engine_late: Option<Dist>,
+    pub first_chunk_to_client: Option<Dist>,
+    pub tpot_err: Option<Dist>,
+    /// Client TPOT − the TPOT of the engine's actual hand-over times: the client's own share.
+    pub tpot_client_err: Option<Dist>,
+    /// Successful measured requests whose engine record was found.
+    pub matched: usize,
     /// The client's self-check, ms: read lag p99 and runtime lag p99.
     pub read_lag_p99: Option<f64>,
     pub lag_p99: Option<f64>,
@@ -192,7 +195,36 @@ fn level(args: &BenchArgs, concurrency: u32, dir: &Path) -> anyhow::Result<Row> 
             .join(REQUESTS_FILE),
     )?;
     let timing = read_log(&log)?;
-    Ok(row(args, concurrency, &cell.summary, &records, &timing))
+    let firsts = first_prompt_tokens(&file, &records)?;
+    Ok(row(
+        args,
+        concurrency,
+        &cell.summary,
+        &records,
+        &firsts,
+        &timing,
+    ))
+}
+
+/// The first prompt token of each record (by index), regenerated from the experiment file exactly as the
+/// run generated the prompts: with unique prompts it tells the requests apart in the engine's log.
+fn first_prompt_tokens(
+    file: &Path,
+    records: &[RequestRecord],
+) -> anyhow::Result<HashMap<u32, u32>> {
+    let exp = crate::experiment::load(file).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let plan = crate::plan::expand(&exp).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let spec = &plan
+        .servers
+        .first()
+        .and_then(|s| s.points.first())
+        .context("the benchmark's plan has no load point")?
+        .load;
+    let prompts = PromptSource::new(spec, prompt_salt(spec), false)?;
+    Ok(records
+        .iter()
+        .filter_map(|r| Some((r.index, *prompts.ids(r.index).first()?)))
+        .collect())
 }
 
 /// The measured records of a stored `requests.jsonl`, read line by line.
@@ -215,11 +247,9 @@ fn row(
     concurrency: u32,
     s: &crate::stats::Summary,
     records: &[RequestRecord],
+    first_tokens: &HashMap<u32, u32>,
     timing: &[TimingRecord],
 ) -> Row {
-    // A statistic without samples is NaN here: it prints as `NaN` in the table, never as a measured 0.
-    let stat = |d: &Option<Dist>, f: fn(&Dist) -> f64| d.as_ref().map_or(f64::NAN, f);
-    let mean = |v: Vec<f64>| stat(&Dist::of(v), |d| d.mean);
     let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok()).collect();
     let ttft_err = Dist::of(
         ok.iter()
@@ -233,41 +263,29 @@ fn row(
     );
     // Client times on the monotonic clock the engine's log uses, in ms.
     let base = s.client.t0_mono_ns.map_or(f64::NAN, |ns| ns as f64 / 1e6);
-    // The engine's records of the measured phase: everything that arrived after its first send (the
-    // smoke and warm-up requests had all ended by then).
-    let first_send = records
+    let by_token: HashMap<u32, &TimingRecord> = timing
         .iter()
-        .map(|r| r.sent_ms)
-        .fold(f64::INFINITY, f64::min);
-    let arrival = |t: &TimingRecord| t.arrival_mono_ns as f64 / 1e6;
-    let measured: Vec<&TimingRecord> = timing
-        .iter()
-        .filter(|t| arrival(t) >= base + first_send && !t.sent_us.is_empty())
+        .filter(|t| !t.sent_us.is_empty())
+        .filter_map(|t| Some((t.first_prompt_token?, t)))
         .collect();
-    let engine_late = Dist::of(
-        measured
-            .iter()
-            .map(|t| t.sent_us[0].saturating_sub(t.scheduled_us[0]) as f64 / 1000.0),
-    );
-    let send_to_engine_mean = mean(measured.iter().map(|t| arrival(t)).collect())
-        - mean(ok.iter().map(|r| base + r.sent_ms).collect());
-    let first_chunk_delivery_mean = mean(ok.iter().map(|r| base + r.chunk_ms[0]).collect())
-        - mean(
-            measured
-                .iter()
-                .map(|t| arrival(t) + t.sent_us[0] as f64 / 1000.0)
-                .collect(),
-        );
-    let chunk_delivery_mean = mean(
-        ok.iter()
-            .flat_map(|r| r.chunk_ms.iter().map(|c| base + c))
-            .collect(),
-    ) - mean(
-        measured
-            .iter()
-            .flat_map(|t| t.sent_us.iter().map(|us| arrival(t) + *us as f64 / 1000.0))
-            .collect(),
-    );
+    let pairs: Vec<(&RequestRecord, &TimingRecord)> = ok
+        .iter()
+        .filter_map(|r| Some((*r, *by_token.get(first_tokens.get(&r.index)?)?)))
+        .collect();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let arrival = |t: &TimingRecord| t.arrival_mono_ns as f64 / 1e6;
+    let leg = |f: &dyn Fn(&RequestRecord, &TimingRecord) -> Option<f64>| {
+        Dist::of(pairs.iter().filter_map(|(r, t)| f(r, t)))
+    };
+    let send_to_engine = leg(&|r, t| Some(arrival(t) - (base + r.sent_ms)));
+    let engine_late = leg(&|_, t| Some(ms(t.sent_us[0]) - ms(t.scheduled_us[0])));
+    let first_chunk_to_client =
+        leg(&|r, t| Some(base + r.chunk_ms.first()? - (arrival(t) + ms(t.sent_us[0]))));
+    let tpot_client_err = leg(&|r, t| {
+        let n = f64::from(r.completion_tokens?.checked_sub(1).filter(|n| *n > 0)?);
+        let engine = (ms(*t.sent_us.last()?) - ms(t.sent_us[0])) / n;
+        Some(r.tpot_ms()? - engine)
+    });
     let tokens: u64 = records
         .iter()
         .filter_map(|r| r.completion_tokens)
@@ -281,15 +299,13 @@ fn row(
         new_connections: s.new_connections,
         connections_warm: s.client.connections_warm,
         connect_ms: s.client.connect_ms,
-        ttft_err_mean: stat(&ttft_err, |d| d.mean),
-        ttft_err_p99: stat(&ttft_err, |d| d.p99),
-        tpot_err_mean: stat(&tpot_err, |d| d.mean),
-        tpot_err_p99: stat(&tpot_err, |d| d.p99),
-        engine_late_mean: stat(&engine_late, |d| d.mean),
-        engine_late_p99: stat(&engine_late, |d| d.p99),
-        send_to_engine_mean,
-        first_chunk_delivery_mean,
-        chunk_delivery_mean,
+        ttft_err,
+        send_to_engine,
+        engine_late,
+        first_chunk_to_client,
+        tpot_err,
+        tpot_client_err,
+        matched: pairs.len(),
         read_lag_p99: s.client.read_lag_ms_p99,
         lag_p99: s.client.lag_ms_p99,
         cpu_ms_per_1k_tokens: if tokens > 0 {
@@ -301,13 +317,15 @@ fn row(
     }
 }
 
-/// The result as a Markdown table, with the setting it was measured in.
+/// The result as a Markdown table, with the setting it was measured in. A figure without samples is `—`.
 pub fn table(args: &BenchArgs, rows: &[Row]) -> String {
     let opt =
         |x: Option<f64>, decimals: usize| x.map_or("—".into(), |x| format!("{x:.decimals$}"));
+    let mean = |d: &Option<Dist>, decimals: usize| opt(d.as_ref().map(|d| d.mean), decimals);
+    let p99 = |d: &Option<Dist>, decimals: usize| opt(d.as_ref().map(|d| d.p99), decimals);
     let mut t = format!(
         "`runner run`, {} → {} tokens, true TTFT {} ms, true TPOT {} ms, warmup {}, connections {}; \
-         errors = measured − true, ms\n\n",
+         errors = measured − true, ms (legs: means per request, matched with the engine's timing log)\n\n",
         args.input_tokens,
         args.output_tokens,
         args.ttft_ms,
@@ -316,7 +334,7 @@ pub fn table(args: &BenchArgs, rows: &[Row]) -> String {
         if args.cold { "cold" } else { "warm" }
     );
     t.push_str(
-        "| concurrency | ok/requests | peak in flight | warm connections (ms) | new connections | TTFT err mean | TTFT err p99 | = send→engine | + engine late | + first chunk→client | engine late p99 | chunk→client mean | TPOT err mean | TPOT err p99 | read lag p99 | runtime lag p99 | CPU ms / 1k tokens | saturated |\n",
+        "| concurrency | ok/requests | peak in flight | warm connections (ms) | new connections | TTFT err mean | TTFT err p99 | = send→engine | + engine late | + first chunk→client | first chunk→client p99 | TPOT err mean | TPOT err p99 | client's TPOT err mean / p99 | read lag p99 | runtime lag p99 | CPU ms / 1k tokens | saturated |\n",
     );
     t.push_str(
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n",
@@ -326,23 +344,29 @@ pub fn table(args: &BenchArgs, rows: &[Row]) -> String {
             (Some(n), Some(ms)) => format!("{n} ({ms:.0})"),
             _ => "—".into(),
         };
+        let matched = if r.matched == r.succeeded as usize {
+            String::new()
+        } else {
+            format!(" ({} matched)", r.matched)
+        };
         t.push_str(&format!(
-            "| {} | {}/{} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {} | {} | {:.2} | {} |\n",
+            "| {} | {}/{}{matched} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {:.2} | {} |\n",
             r.concurrency,
             r.succeeded,
             r.requests,
             r.peak_inflight,
             warm,
             r.new_connections.map_or("—".into(), |n| n.to_string()),
-            r.ttft_err_mean,
-            r.ttft_err_p99,
-            r.send_to_engine_mean,
-            r.engine_late_mean,
-            r.first_chunk_delivery_mean,
-            r.engine_late_p99,
-            r.chunk_delivery_mean,
-            r.tpot_err_mean,
-            r.tpot_err_p99,
+            mean(&r.ttft_err, 2),
+            p99(&r.ttft_err, 2),
+            mean(&r.send_to_engine, 2),
+            mean(&r.engine_late, 2),
+            mean(&r.first_chunk_to_client, 2),
+            p99(&r.first_chunk_to_client, 2),
+            mean(&r.tpot_err, 3),
+            p99(&r.tpot_err, 3),
+            mean(&r.tpot_client_err, 3),
+            p99(&r.tpot_client_err, 3),
             opt(r.read_lag_p99, 2),
             opt(r.lag_p99, 2),
             r.cpu_ms_per_1k_tokens,

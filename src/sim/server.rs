@@ -649,6 +649,7 @@ async fn generate(
             arrival,
             arrival_mono_ns: s.clock.ns(arrival),
             prompt_tokens: job.prompt.len(),
+            first_prompt_token: job.prompt.first().copied(),
         },
     );
     let wire = Wire::new(endpoint, index, s.created, &job.model);
