@@ -8,7 +8,8 @@
 //!   servers/<server id>/server.json       rendered command, engine version, time to ready, teardown
 //!   servers/<server id>/server.log        the server's stdout and stderr
 //!   cells/<cell id>/result.json           one finished cell: settings, hash, summary, server metrics
-//!   cells/<cell id>/requests.jsonl        one line per request (the source of truth for every number)
+//!   cells/<cell id>/requests.jsonl        one line per request (the source of truth for every number),
+//!                                         written as requests finish (see [`RequestsWriter`])
 //!   cells/<cell id>/failure.json          why a cell failed (replaced by result.json once it succeeds)
 //!   cells.csv                             one row per finished cell, stable columns
 //!   report/                               summary, per-model records, charts
