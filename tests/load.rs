@@ -170,6 +170,8 @@ async fn server_errors_are_counted() {
     );
     // Latency statistics cover successful requests only.
     assert_eq!(s.ttft_ms.as_ref().map(|d| d.count), Some(s.succeeded));
+    // An error answer does not cost the next request a connect.
+    assert_eq!(s.new_connections, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -261,10 +261,20 @@ async fn stream_into(
     let body = response.body_mut();
     if !status.is_success() {
         let mut text = Vec::new();
-        while let Some(Ok(frame)) = conn.frame(body).await {
-            if let Ok(data) = frame.into_data() {
-                text.extend_from_slice(&data);
+        let ended = loop {
+            match conn.frame(body).await {
+                None => break true,
+                Some(Err(_)) => break false,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        text.extend_from_slice(&data);
+                    }
+                }
             }
+        };
+        // An error answer leaves the connection as good as a success does.
+        if ended {
+            give_back(call.pool, conn).await;
         }
         return Err((
             ErrorKind::Http(status.as_u16()),

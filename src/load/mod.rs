@@ -55,14 +55,12 @@ pub struct Target {
     pub cache_counters: CacheCounters,
 }
 
-impl Target {
-    pub fn url(&self, chat: bool) -> String {
-        let path = if chat {
-            "/v1/chat/completions"
-        } else {
-            "/v1/completions"
-        };
-        format!("{}{path}", self.base_url.trim_end_matches('/'))
+/// The API path of a request: completions, or chat completions.
+pub fn api_path(chat: bool) -> &'static str {
+    if chat {
+        "/v1/chat/completions"
+    } else {
+        "/v1/completions"
     }
 }
 

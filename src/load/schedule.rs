@@ -116,11 +116,7 @@ pub async fn drive<S: RecordSink>(
 ) -> Result<Driven<S>, LoadError> {
     let chat = spec.api == Api::Chat;
     let dest = Dest::resolve(&target.base_url).await?;
-    let uri = dest.path(if chat {
-        "/v1/chat/completions"
-    } else {
-        "/v1/completions"
-    })?;
+    let uri = dest.path(super::api_path(chat))?;
     let rate = spec.request_rate;
     let cap = match rate {
         Some(_) => Some(
