@@ -1,5 +1,7 @@
 //! The load generator against the in-process simulated engine: exact counts, mismatch detection, errors
-//! counted without crashing the point, timeouts, prefix-cache hit rates, cancellation and the load modes.
+//! counted without crashing the point, timeouts, prefix-cache hit rates, cancellation, the load modes,
+//! connections opened before the measured phase (counted on the server's side) or by it, and summaries
+//! built as records stream out.
 //!
 //! Timing assertions are lower bounds or orderings only (a busy 2-core machine can make anything late,
 //! never early). Each test's engine stops when its `SimHandle` drops, even if an assertion fails.
