@@ -69,7 +69,7 @@ pub fn parse(text: &str) -> Samples {
 
 /// Fetches and parses `url`, with the engine's API key when it has one (llama.cpp's `--api-key` guards
 /// `/metrics` too). Errors carry the URL. Callers pass a client that opens a new connection per request
-/// (`LoadClient::fresh`): a kept-alive connection the engine closed while idle would fail the scrape.
+/// (`LoadClient`): a kept-alive connection the engine closed while idle would fail the scrape.
 pub async fn scrape(
     client: &reqwest::Client,
     url: &str,

@@ -10,7 +10,8 @@
 //!   servers/<server id>/runner.pid        the runner running this server now (stale-server cleanup)
 //!   servers/<server id>/job.json          the Slurm job that runs (or ran) it; job.sh, slurm-<job id>.out
 //!   cells/<cell id>/result.json           one finished cell: settings, hash, summary, server metrics
-//!   cells/<cell id>/requests.jsonl        one line per request (the source of truth for every number)
+//!   cells/<cell id>/requests.jsonl        one line per request (the source of truth for every number),
+//!                                         written as requests finish (see [`RequestsWriter`])
 //!   cells/<cell id>/gpu.jsonl             GPU samples during the point (where telemetry was available)
 //!   cells/<cell id>/server_metrics.jsonl  the server's gauges, scraped every second during the point
 //!   cells/<cell id>/failure.json          why a cell failed (replaced by result.json once it succeeds)
@@ -296,20 +297,25 @@ pub struct JobRecord {
 }
 
 impl Store {
-    /// Stores a finished cell: the per-request records first, then `result.json`, whose presence is the
-    /// commit point for resume. A stale `failure.json` is removed afterwards.
-    pub fn write_cell<R: Serialize>(
-        &self,
-        cell: &CellResult,
-        requests: &[R],
-    ) -> std::io::Result<()> {
+    /// Opens the writer of a cell's `requests.jsonl`, for the load point to fill as its requests finish.
+    pub fn requests_writer(&self, cell_id: &str) -> std::io::Result<RequestsWriter> {
+        let dir = self.root.join("cells").join(id_path(cell_id));
+        std::fs::create_dir_all(&dir)?;
+        let partial = dir.join(format!("{REQUESTS_FILE}.partial"));
+        let file = std::fs::File::create(&partial)?;
+        Ok(RequestsWriter {
+            file: Some(std::io::BufWriter::with_capacity(256 << 10, file)),
+            path: dir.join(REQUESTS_FILE),
+            partial,
+        })
+    }
+
+    /// Stores a finished cell: its per-request records (written while it ran) are put in place first,
+    /// then `result.json`, whose presence is the commit point for resume. A stale `failure.json` is
+    /// removed afterwards.
+    pub fn write_cell(&self, cell: &CellResult, requests: RequestsWriter) -> std::io::Result<()> {
         let dir = self.root.join("cells").join(id_path(&cell.id));
-        let mut lines = Vec::new();
-        for r in requests {
-            serde_json::to_writer(&mut lines, r).map_err(std::io::Error::other)?;
-            lines.push(b'\n');
-        }
-        write_atomic(&dir.join(REQUESTS_FILE), &lines)?;
+        requests.commit()?;
         write_json(&dir.join(RESULT_FILE), cell)?;
         match std::fs::remove_file(dir.join(FAILURE_FILE)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -497,6 +503,53 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// A cell's `requests.jsonl`, written one line per request as requests finish, so that a point's
+/// records are never all in memory. Lines go to `requests.jsonl.partial`; [`Store::write_cell`] renames
+/// it into place just before it writes `result.json` (the commit point), so a stored result never sits
+/// beside half of its records. Dropped without that (the point failed or was interrupted), the partial
+/// file is removed; a crash leaves it behind, without a new `result.json`, and the next run overwrites it.
+pub struct RequestsWriter {
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    partial: PathBuf,
+    path: PathBuf,
+}
+
+impl RequestsWriter {
+    /// Appends one JSON line.
+    pub fn append<T: Serialize>(&mut self, item: &T) -> std::io::Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the requests file was already committed"))?;
+        serde_json::to_writer(&mut *file, item).map_err(std::io::Error::other)?;
+        file.write_all(b"\n")
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    fn commit(mut self) -> std::io::Result<()> {
+        if let Some(file) = self.file.take() {
+            let file = file.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&self.partial, &self.path)?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::stats::RecordSink for RequestsWriter {
+    fn write(&mut self, record: crate::stats::RequestRecord) -> std::io::Result<()> {
+        self.append(&record)
+    }
+}
+
+impl Drop for RequestsWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
     }
 }
 

@@ -214,10 +214,8 @@ async fn run_server(
             .metrics_url
             .clone()
             .map(|url| telemetry::MetricsEndpoint {
-                // A new connection per scrape: llama.cpp closes idle kept-alive connections, and a
-                // scrape that reuses one just closed fails ("connection closed before message
-                // completed"). One connection a second costs nothing.
-                http: ctx.client.fresh().clone(),
+                // Keeps no idle connection (see `LoadClient`).
+                http: ctx.client.http().clone(),
                 url,
                 api_key: target.api_key.clone(),
             }),
@@ -238,14 +236,17 @@ async fn run_server(
         let bar = reporter.point(&label, progress.done.clone(), u64::from(cell.load.requests));
         let started_at = now_rfc3339();
         let window = telemetry::Window::start(&watched);
-        let outcome = guard(
-            load::run_point(ctx.client, &target, &cell.load, &progress, cancel),
-            ctx.shutdown,
-            group.as_ref(),
-        )
-        .await;
+        // Records go to the cell's requests.jsonl as requests finish.
+        let outcome = match store.requests_writer(&cell.id) {
+            Ok(sink) => {
+                let point =
+                    load::run_point(ctx.client, &target, &cell.load, &progress, cancel, sink);
+                guard(point, ctx.shutdown, group.as_ref()).await
+            }
+            Err(e) => Err(LoadError::Record(e)),
+        };
         let recorded = window
-            .finish(outcome.as_ref().ok().map(|p| (p.t0, p.records.as_slice())))
+            .finish(outcome.as_ref().ok().map(|p| (p.t0, p.span)))
             .await;
         drop(bar);
         // A server that died under load invalidates the point, whatever the client saw.
@@ -305,7 +306,7 @@ async fn run_server(
                     None => Ok(()),
                 }
                 .and_then(|()| store.write_telemetry(&cell.id, &recorded))
-                .and_then(|()| store.write_cell(&cell_result, &point.records));
+                .and_then(|()| store.write_cell(&cell_result, point.records));
                 match stored {
                     Ok(()) => {
                         reporter.line(format!("  {}", cell_line(&cell_result)));

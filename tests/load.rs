@@ -1,5 +1,7 @@
 //! The load generator against the in-process simulated engine: exact counts, mismatch detection, errors
-//! counted without crashing the point, timeouts, prefix-cache hit rates, cancellation and the load modes.
+//! counted without crashing the point, timeouts, prefix-cache hit rates, cancellation, the load modes,
+//! connections opened before the measured phase (counted on the server's side) or by it, and summaries
+//! built as records stream out.
 //!
 //! Timing assertions are lower bounds or orderings only (a busy 2-core machine can make anything late,
 //! never early). Each test's engine stops when its `SimHandle` drops, even if an assertion fails.
@@ -41,6 +43,7 @@ fn spec(concurrency: u32, requests: u32, input: u32, output: u32) -> LoadSpec {
             id_range: [100, 150_000],
         },
         save_prompts: false,
+        connections: Default::default(),
     }
 }
 
@@ -55,20 +58,27 @@ fn target(sim: &SimHandle) -> Target {
     }
 }
 
-async fn run(sim: &SimHandle, spec: &LoadSpec) -> PointOutcome {
+/// Runs a point into memory; records in issue order.
+async fn run_with(target: &Target, spec: &LoadSpec) -> PointOutcome {
     let client = LoadClient::new().unwrap();
     let progress = Progress::default();
-    let out = run_point(
+    let mut out = run_point(
         &client,
-        &target(sim),
+        target,
         spec,
         &progress,
         &CancellationToken::new(),
+        Vec::new(),
     )
     .await
     .unwrap();
     assert_eq!(progress.done(), u64::from(spec.requests));
+    out.records.sort_by_key(|r| r.index);
     out
+}
+
+async fn run(sim: &SimHandle, spec: &LoadSpec) -> PointOutcome {
+    run_with(&target(sim), spec).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +173,8 @@ async fn server_errors_are_counted() {
     );
     // Latency statistics cover successful requests only.
     assert_eq!(s.ttft_ms.as_ref().map(|d| d.count), Some(s.succeeded));
+    // An error answer does not cost the next request a connect.
+    assert_eq!(s.new_connections, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,6 +254,7 @@ async fn cancel_interrupts_promptly() {
         &spec(4, 8, 16, 4),
         &Progress::default(),
         &cancel,
+        Vec::new(),
     )
     .await;
     assert!(matches!(result, Err(LoadError::Interrupted)));
@@ -289,6 +302,92 @@ async fn chat_api_counts_output_and_reports_template_tokens() {
         // The chat template adds tokens: reported from usage and flagged.
         assert!(r.prompt_tokens.unwrap() > 20 && r.input_mismatch);
     }
+}
+
+/// The target without a metrics endpoint: no scrape opens a connection of its own, so every connection
+/// the simulator accepts is one the load opened.
+fn target_without_metrics(sim: &SimHandle) -> Target {
+    Target {
+        metrics_url: None,
+        ..target(sim)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_connections_leave_the_measured_phase_without_a_connect() {
+    let sim = SimHandle::start(fast()).await.unwrap();
+    let spec = spec(8, 40, 32, 4);
+    let out = run_with(&target_without_metrics(&sim), &spec).await;
+    let s = &out.summary;
+    assert_eq!(s.succeeded, 40, "{s:#?}");
+    // The warm-up request opened one connection; seven more were opened before the clock started.
+    assert_eq!(s.client.connections_warm, Some(8));
+    assert!(s.client.connect_ms.is_some_and(|ms| ms >= 0.0));
+    assert_eq!(
+        sim.connections_accepted(),
+        8,
+        "the server accepted exactly the connections opened before the measured phase"
+    );
+    assert_eq!(s.new_connections, Some(0));
+    for r in out.records.iter().filter(|r| !r.warmup) {
+        assert!(!r.new_connection, "{r:?}");
+    }
+    assert!(
+        out.records[0].new_connection,
+        "the warm-up request connected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_connections_are_opened_by_measured_requests_and_counted() {
+    let sim = SimHandle::start(fast()).await.unwrap();
+    let mut spec = spec(8, 40, 32, 4);
+    spec.connections = runner::experiment::load::Connections::Cold;
+    let out = run_with(&target_without_metrics(&sim), &spec).await;
+    let s = &out.summary;
+    assert_eq!(s.succeeded, 40, "{s:#?}");
+    assert_eq!(s.client.connections_warm, None);
+    assert_eq!(s.client.connect_ms, None);
+    // The first wave of 8 finds the warm-up's connection and opens 7; later requests reuse them.
+    assert_eq!(sim.connections_accepted(), 8);
+    assert_eq!(s.new_connections, Some(7));
+    let flagged = out.records.iter().filter(|r| !r.warmup && r.new_connection);
+    assert_eq!(flagged.count(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_summary_equals_the_summary_of_the_same_records() {
+    let mut config = fast();
+    config.faults.fail_rate = 0.2; // errors too, counted by kind
+    let sim = SimHandle::start(config).await.unwrap();
+    let mut spec = spec(6, 60, 48, 6);
+    spec.slo.ttft = Some(Duration::from_millis(50));
+    let out = run(&sim, &spec).await;
+    assert!(out.summary.failed > 0 && out.summary.succeeded > 0);
+    // The records reached the sink one by one, as requests finished; the summary was built from them on
+    // the way. It is exactly what summarising them all at once gives.
+    let again = runner::stats::summarize(&out.records, &spec, out.summary.client.clone());
+    assert_eq!(again, out.summary);
+    // And from the JSON lines a cell stores (floats written and read back: equal to the last digits).
+    let lines: Vec<String> = out
+        .records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let back: Vec<runner::load::RequestRecord> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reread = runner::stats::summarize(&back, &spec, out.summary.client.clone());
+    let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+        (a, b) => a == b,
+    };
+    let mean = runner::stats::Dist::mean_of;
+    assert!(close(mean(&reread.ttft_ms), mean(&out.summary.ttft_ms)));
+    assert!(close(mean(&reread.itl_ms), mean(&out.summary.itl_ms)));
+    assert!(close(reread.goodput_rps, out.summary.goodput_rps));
+    assert_eq!(reread.errors, out.summary.errors);
 }
 
 /// Kills the child on every exit path, so a failed assertion leaves no process behind.

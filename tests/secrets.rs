@@ -202,6 +202,7 @@ fn spec() -> LoadSpec {
             id_range: [100, 1000],
         },
         save_prompts: false,
+        connections: Default::default(),
     }
 }
 
@@ -233,9 +234,16 @@ async fn the_api_key_is_required_by_the_simulator_and_sent_by_the_client() {
     let progress = Progress::default();
     let cancel = CancellationToken::new();
     for (key, ok) in [(None, 0), (Some("wrong"), 0), (Some(API_KEY), 4)] {
-        let out = run_point(&client, &target(key), &spec(), &progress, &cancel)
-            .await
-            .expect("point runs");
+        let out = run_point(
+            &client,
+            &target(key),
+            &spec(),
+            &progress,
+            &cancel,
+            Vec::new(),
+        )
+        .await
+        .expect("point runs");
         assert_eq!(out.summary.succeeded, ok, "key {key:?}");
         if ok == 0 {
             assert!(

@@ -25,6 +25,7 @@ pub const LOAD_KEYS: &[&str] = &[
     "slo_tpot",
     "slo_e2e",
     "save_prompts",
+    "connections",
 ];
 
 /// Default for `requests`: three requests per concurrent stream, at least two (the seed campaign's rule).
@@ -68,6 +69,28 @@ pub struct LoadSpec {
     /// when off, so turning it on changes no existing hash but its own cells').
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub save_prompts: bool,
+    /// Whether the point's connections are opened before its measured phase (left out of the settings
+    /// when warm, the default, so that adding the setting changed no existing hash).
+    #[serde(skip_serializing_if = "Connections::is_warm")]
+    pub connections: Connections,
+}
+
+/// When a load point opens its connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connections {
+    /// Before the measured phase, as many as it will use at once: no measured request pays for a
+    /// connect (one that still has to is counted).
+    #[default]
+    Warm,
+    /// When a request needs one and none is idle: connects are part of what is measured.
+    Cold,
+}
+
+impl Connections {
+    pub fn is_warm(&self) -> bool {
+        *self == Connections::Warm
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -376,6 +399,24 @@ pub fn resolve(
             }
         },
     };
+    let connections = match layers.get("connections") {
+        None => Connections::Warm,
+        Some(l) => match l.value.as_str() {
+            Some("warm") => Connections::Warm,
+            Some("cold") => Connections::Cold,
+            _ => {
+                bad(
+                    l,
+                    format!("unknown connections mode {}", l.value),
+                    Some(
+                        "use \"warm\" (default: opened before the measured phase) or \"cold\""
+                            .into(),
+                    ),
+                );
+                Connections::Warm
+            }
+        },
+    };
     let slo = Slo {
         ttft: duration("slo_ttft", &mut bad),
         tpot: duration("slo_tpot", &mut bad),
@@ -398,6 +439,7 @@ pub fn resolve(
             slo,
             vocab: workload.vocab.clone(),
             save_prompts,
+            connections,
         }),
         _ => Err(problems),
     }
@@ -460,6 +502,42 @@ mod tests {
         let problems = resolve(4, &l, &w).unwrap_err();
         let keys: Vec<_> = problems.iter().map(|p| p.0[1].as_str()).collect();
         assert_eq!(keys, ["requests", "warmup", "prompt", "timeout"]);
+    }
+
+    #[test]
+    fn connections_are_warm_unless_asked_cold() {
+        let w = workload(100, 8);
+        assert_eq!(
+            resolve(4, &layers(&[]), &w).unwrap().connections,
+            Connections::Warm
+        );
+        let cold = resolve(
+            4,
+            &layers(&[("connections", Scalar::Str("cold".into()))]),
+            &w,
+        );
+        assert_eq!(cold.unwrap().connections, Connections::Cold);
+        let bad = resolve(
+            4,
+            &layers(&[("connections", Scalar::Str("hot".into()))]),
+            &w,
+        );
+        let problems = bad.unwrap_err();
+        assert_eq!(problems[0].0, ["load", "connections"]);
+        assert!(problems[0].2.as_deref().unwrap().contains("\"cold\""));
+        // Warm, the default, is left out of the settings: existing hashes stay as they were.
+        let json = serde_json::to_value(resolve(4, &layers(&[]), &w).unwrap()).unwrap();
+        assert!(json.get("connections").is_none());
+        let json = serde_json::to_value(
+            resolve(
+                4,
+                &layers(&[("connections", Scalar::Str("cold".into()))]),
+                &w,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["connections"], "cold");
     }
 
     #[test]

@@ -1,24 +1,27 @@
-//! The client benchmark (`runner bench-client`, hidden): drives the simulated engine with exactly known
-//! timing (fixed TTFT and inter-token time) at several concurrencies and prints how far the client's
-//! measurements are from the truth, and what the client costs in CPU.
+//! The client benchmark (`runner bench-client`, hidden): measures exactly what users run. For each
+//! concurrency it writes an experiment file whose engine is `runner sim` in fixed-timing mode (every
+//! first token due a known time after the request arrived, every next one a known time later, with a
+//! timing log of when each chunk was really handed out), runs `runner run` on it as a child process, and
+//! compares the stored cell (`result.json`, `requests.jsonl`) with the truth and, request by request,
+//! with the engine's log (matched by the prompt's first token, unique per request; the prompts are
+//! regenerated from the experiment file exactly as the run made them).
 //!
-//! The engine runs as a separate `runner sim` process so that the CPU time measured here (this process's
-//! user + system time) is the client's alone. Its timing log says when each chunk was actually handed to
-//! the network, which splits the error into the engine's own lateness and the client's share.
+//! So the benchmark covers the same warm-up, connection handling, scheduler, records and store as a
+//! campaign; the engine is a separate process (its CPU is not the client's), and the client's CPU time
+//! is the one the cell itself records for its measured phase.
 
+use std::collections::HashMap;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
-use super::{LoadClient, PointOutcome, Progress, Target, run_point};
-use crate::engine::{CacheCounters, Preset};
-use crate::experiment::load::{Api, LoadSpec, PromptMode, Slo, Vocab};
-use crate::server::{self, RunningServer, ServerSpec};
+use super::prompt::PromptSource;
+use super::prompt_salt;
 use crate::sim::{TimingRecord, read_log};
-use crate::stats::Dist;
+use crate::stats::{Dist, RequestRecord};
+use crate::store::{REQUESTS_FILE, Store, id_path};
 
 /// Knobs of the client benchmark; the defaults are the issue's setting.
 #[derive(Debug, Args, Clone)]
@@ -38,244 +41,252 @@ pub struct BenchArgs {
     /// The engine's true time per output token, ms.
     #[arg(long, default_value_t = 10.0)]
     pub itl_ms: f64,
-    /// Measured requests per stream (after one warm-up request per stream, which opens the connections).
+    /// Measured requests per stream (at least 10 requests in all).
     #[arg(long, default_value_t = 2)]
     pub rounds: u32,
-    /// Worker threads of the client's runtime (default: one per core).
+    /// Warm-up requests (the `warmup` load setting; users' default is 1).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u32,
+    /// Measure with `connections = "cold"` (connects inside the measured phase).
     #[arg(long)]
-    pub threads: Option<usize>,
-    /// Keep the engine's timing logs and the client's records in this directory.
+    pub cold: bool,
+    /// Keep the experiment files, results and timing logs in this directory.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
 }
 
-/// One row of the result table.
+/// One row of the result table. Errors are measured − true, ms; "true" is the nominal timing (TTFT and
+/// TPOT the engine was told to keep), and the legs say where each request's error arose, from the
+/// engine's timing log matched to the request by its prompt.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub concurrency: u32,
     pub requests: u64,
     pub succeeded: u64,
-    /// Measured TTFT − true TTFT, ms (mean, p99).
-    pub ttft_err_mean: f64,
-    pub ttft_err_p99: f64,
-    /// Measured TPOT − true TPOT, ms (mean, p99).
-    pub tpot_err_mean: f64,
-    pub tpot_err_p99: f64,
-    /// How late the engine handed out first chunks (its own share of the error), ms (mean, p99).
-    pub engine_late_mean: f64,
-    pub engine_late_p99: f64,
-    /// The mean TTFT error split into its legs, ms: client send → engine has read the request;
-    /// engine hands out the first chunk → client has read it (means over the same requests, so no
-    /// request matching is needed; both clocks are the machine's monotonic clock).
-    pub send_to_engine_mean: f64,
-    pub first_chunk_delivery_mean: f64,
-    /// Engine hands out a chunk → client has read it, mean over every chunk, ms: the client's read lag.
-    pub chunk_delivery_mean: f64,
-    pub lag_p99: f64,
     pub peak_inflight: u32,
+    /// Measured requests that opened a connection.
+    pub new_connections: Option<u64>,
+    /// Connections opened before the measured phase, and how long that took (ms).
+    pub connections_warm: Option<u32>,
+    pub connect_ms: Option<f64>,
+    pub ttft_err: Option<Dist>,
+    /// The TTFT error's legs per request: client send → the engine read the request head; how late the
+    /// engine handed out the first chunk; engine hand-over → the client read it (the client's own
+    /// share on the way back).
+    pub send_to_engine: Option<Dist>,
+    pub engine_late: Option<Dist>,
+    pub first_chunk_to_client: Option<Dist>,
+    pub tpot_err: Option<Dist>,
+    /// Client TPOT − the TPOT of the engine's actual hand-over times: the client's own share.
+    pub tpot_client_err: Option<Dist>,
+    /// Successful measured requests whose engine record was found.
+    pub matched: usize,
+    /// The client's self-check, ms: read lag p99 and runtime lag p99.
+    pub read_lag_p99: Option<f64>,
+    pub lag_p99: Option<f64>,
     pub cpu_ms_per_1k_tokens: f64,
     pub saturated: bool,
 }
 
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(threads) = args.threads {
-        builder.worker_threads(threads);
-    }
-    let runtime = builder.build().context("starting the client runtime")?;
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let dir = match &args.keep {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            dir.clone()
+            std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?
         }
         None => scratch.path().to_path_buf(),
     };
-    let client = LoadClient::new()?;
     let mut rows = Vec::new();
     for &c in &args.concurrency {
         crate::progress::say(format!("bench-client: concurrency {c}"));
-        let row = runtime.block_on(level(&client, &args, c, &dir))?;
-        rows.push(row);
+        rows.push(level(&args, c, &dir.join(format!("c{c}")))?);
     }
     print!("{}", table(&args, &rows));
     Ok(())
 }
 
-/// Starts `runner sim` with fixed timing on a free port through the same supervision as any engine
-/// ([`crate::server`]: own process group, log file, readiness, teardown) and waits until it is ready.
-/// Stopping it (SIGTERM) makes it flush its timing log.
-async fn start_engine(
-    args: &BenchArgs,
-    log: &Path,
-    dir: &Path,
-    concurrency: u32,
-) -> anyhow::Result<RunningServer> {
-    let port = server::pick_free_port().context("finding a free port")?;
-    let exe = std::env::current_exe().context("finding the runner binary")?;
-    let mut argv: Vec<String> = vec![exe.to_string_lossy().into_owned(), "sim".into()];
-    let port_text = port.to_string();
-    let ttft = args.ttft_ms.to_string();
-    let itl = args.itl_ms.to_string();
-    let max_len = (args.input_tokens + args.output_tokens + 16).to_string();
-    let log_text = log.to_string_lossy();
-    for word in [
-        "--port",
-        &port_text,
-        "--startup-delay",
-        "0",
-        "--fixed-timing",
-        "--ttft-ms",
-        &ttft,
-        "--itl-ms",
-        &itl,
-        "--eos-probability",
-        "0",
-        "--max-model-len",
-        &max_len,
-        "--timing-log",
-        &log_text,
-    ] {
-        argv.push(word.to_string());
-    }
-    let spec = ServerSpec {
-        id: format!("bench-client-c{concurrency}"),
-        argv,
-        shell: false,
-        env: Vec::new(),
-        workdir: None,
-        port,
-        base_url: format!("http://127.0.0.1:{port}"),
-        ready_path: "/health".into(),
-        ready_timeout: Duration::from_secs(60),
-        smoke: None,
-        stop_grace: Duration::from_secs(10),
-        log_path: dir.join(format!("engine-c{concurrency}.log")),
-        gpu_release_timeout: Duration::ZERO,
-        secrets: Default::default(),
-    };
-    let mut engine = server::start(&spec, &dir.join("engine.pid"))
-        .await
-        .context("starting the simulated engine")?;
-    if let Err(e) = engine.wait_ready(&CancellationToken::new()).await {
-        engine.stop().await;
-        bail!("the simulated engine did not get ready: {e}");
-    }
-    Ok(engine)
+/// TOML's quoting of a string.
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
-async fn level(
-    client: &LoadClient,
-    args: &BenchArgs,
-    concurrency: u32,
-    dir: &Path,
-) -> anyhow::Result<Row> {
-    let log = dir.join(format!("timing-c{concurrency}.jsonl"));
-    let engine = start_engine(args, &log, dir, concurrency).await?;
-    let url = engine.spec().base_url.clone();
-    let spec = LoadSpec {
-        concurrency,
-        requests: (args.rounds * concurrency).max(10),
-        warmup: concurrency,
-        max_inflight: None,
-        request_rate: None,
-        prompt: PromptMode::Unique,
-        input_tokens: args.input_tokens,
-        output_tokens: args.output_tokens,
-        timeout: Duration::from_secs(300),
-        seed: 0,
-        api: Api::Completions,
-        slo: Slo::default(),
-        vocab: Vocab {
-            tokenizer: None,
-            id_range: [100, 150_000],
-        },
-        save_prompts: false,
-    };
-    let target = Target {
-        base_url: url,
-        model: "sim".into(),
-        dialect: Preset::Sim.defaults().dialect,
-        metrics_url: None,
-        cache_counters: CacheCounters::Vllm,
-        api_key: None,
-    };
-    let out = run_point(
-        client,
-        &target,
-        &spec,
-        &Progress::default(),
-        &CancellationToken::new(),
+/// The experiment file of one concurrency: one server (`runner sim`, fixed timing, timing log) and one
+/// load point, with the users' defaults except for the benchmark's knobs.
+fn experiment(args: &BenchArgs, concurrency: u32, dir: &Path, timing_log: &Path) -> String {
+    let command = format!(
+        "{{{{ runner }}}} sim --port {{{{ port }}}} --max-model-len {{{{ max_model_len }}}} \
+         --startup-delay 0 --fixed-timing --ttft-ms {} --itl-ms {} --eos-probability 0 --timing-log '{}'",
+        args.ttft_ms,
+        args.itl_ms,
+        timing_log.display()
+    );
+    format!(
+        r#"title = "bench-client c={concurrency}"
+results_dir = {results}
+
+[engines.sim]
+preset = "sim"
+command = {command}
+stop_grace = "10s"
+
+[models.bench]
+input_tokens = {input}
+output_tokens = {output}
+token_id_range = [100, 150000]
+[models.bench.precisions]
+fixed = {{ path = "sim" }}
+
+[matrix]
+model = "bench"
+precision = "fixed"
+engine = "sim"
+concurrency = [{concurrency}]
+
+[load]
+requests = {requests}
+warmup = {warmup}
+timeout = "5m"
+connections = "{connections}"
+"#,
+        results = quoted(&dir.join("results").to_string_lossy()),
+        command = quoted(&command),
+        input = args.input_tokens,
+        output = args.output_tokens,
+        requests = (args.rounds * concurrency).max(10),
+        warmup = args.warmup,
+        connections = if args.cold { "cold" } else { "warm" },
     )
-    .await;
-    // SIGTERM makes the engine flush its timing log; stop it before looking at the outcome.
-    engine.stop().await;
-    let out = out.map_err(|e| anyhow::anyhow!("{e}"))?;
-    if args.keep.is_some() {
-        let mut lines = Vec::new();
-        for r in &out.records {
-            serde_json::to_writer(&mut lines, r)?;
-            lines.push(b'\n');
-        }
-        std::fs::write(dir.join(format!("requests-c{concurrency}.jsonl")), lines)?;
+}
+
+/// Runs `runner run` on the experiment file of one concurrency and compares what it stored with the
+/// engine's timing log.
+fn level(args: &BenchArgs, concurrency: u32, dir: &Path) -> anyhow::Result<Row> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join("timing.jsonl");
+    let file = dir.join("experiment.toml");
+    std::fs::write(&file, experiment(args, concurrency, dir, &log))
+        .with_context(|| format!("writing {}", file.display()))?;
+    let exe = std::env::current_exe().context("finding the runner binary")?;
+    let output = dir.join("runner.log");
+    let stderr =
+        std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
+    let status = std::process::Command::new(exe)
+        .arg("run")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .status()
+        .context("running `runner run`")?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&output).unwrap_or_default();
+        bail!("`runner run {}` failed ({status}):\n{text}", file.display());
     }
+    let store = Store::new(dir.join("results"));
+    let cells = store.read_cells().context("reading the stored result")?;
+    let [cell] = &cells.cells[..] else {
+        bail!("expected one stored cell, found {}", cells.cells.len());
+    };
+    let records = read_records(
+        &store
+            .root
+            .join("cells")
+            .join(id_path(&cell.id))
+            .join(REQUESTS_FILE),
+    )?;
     let timing = read_log(&log)?;
+    let firsts = first_prompt_tokens(&file, &records)?;
     Ok(row(
         args,
         concurrency,
-        &out,
+        &cell.summary,
+        &records,
+        &firsts,
         &timing,
-        u64::from(spec.warmup),
     ))
+}
+
+/// The first prompt token of each record (by index), regenerated from the experiment file exactly as the
+/// run generated the prompts: with unique prompts it tells the requests apart in the engine's log.
+fn first_prompt_tokens(
+    file: &Path,
+    records: &[RequestRecord],
+) -> anyhow::Result<HashMap<u32, u32>> {
+    let exp = crate::experiment::load(file).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let plan = crate::plan::expand(&exp).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let spec = &plan
+        .servers
+        .first()
+        .and_then(|s| s.points.first())
+        .context("the benchmark's plan has no load point")?
+        .load;
+    let prompts = PromptSource::new(spec, prompt_salt(spec), false)?;
+    Ok(records
+        .iter()
+        .filter_map(|r| Some((r.index, *prompts.ids(r.index).first()?)))
+        .collect())
+}
+
+/// The measured records of a stored `requests.jsonl`, read line by line.
+fn read_records(path: &Path) -> anyhow::Result<Vec<RequestRecord>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let record: RequestRecord = serde_json::from_str(&line)
+            .with_context(|| format!("{}: bad record", path.display()))?;
+        if !record.warmup {
+            out.push(record);
+        }
+    }
+    Ok(out)
 }
 
 fn row(
     args: &BenchArgs,
     concurrency: u32,
-    out: &PointOutcome,
+    s: &crate::stats::Summary,
+    records: &[RequestRecord],
+    first_tokens: &HashMap<u32, u32>,
     timing: &[TimingRecord],
-    warmup: u64,
 ) -> Row {
-    let s = &out.summary;
-    // A statistic without samples is NaN here: it prints as `NaN` in the table, never as a measured 0.
-    let stat = |d: &Option<Dist>, f: fn(&Dist) -> f64| d.as_ref().map_or(f64::NAN, f);
-    let ttft_err = Dist::of(s_values(out, |r| r.ttft_ms).map(|t| t - args.ttft_ms));
-    let tpot_err = Dist::of(s_values(out, |r| r.tpot_ms()).map(|t| t - args.itl_ms));
-    // Warm-up requests reach the engine first (the measured phase starts after they all end).
-    let measured: Vec<&TimingRecord> = timing
-        .iter()
-        .filter(|t| t.request >= warmup && !t.sent_us.is_empty())
-        .collect();
-    let engine_late = Dist::of(
-        measured
-            .iter()
-            .map(|t| t.sent_us[0].saturating_sub(t.scheduled_us[0]) as f64 / 1000.0),
+    let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok()).collect();
+    let ttft_err = Dist::of(
+        ok.iter()
+            .filter_map(|r| r.ttft_ms)
+            .map(|t| t - args.ttft_ms),
+    );
+    let tpot_err = Dist::of(
+        ok.iter()
+            .filter_map(|r| r.tpot_ms())
+            .map(|t| t - args.itl_ms),
     );
     // Client times on the monotonic clock the engine's log uses, in ms.
-    let base = crate::sim::timing::MonoClock::now().ns(out.t0) as f64 / 1e6;
-    let ok: Vec<&super::RequestRecord> =
-        out.records.iter().filter(|r| !r.warmup && r.ok()).collect();
-    let mean =
-        |v: &mut dyn Iterator<Item = f64>| stat(&Dist::of(v.collect::<Vec<_>>()), |d| d.mean);
+    let base = s.client.t0_mono_ns.map_or(f64::NAN, |ns| ns as f64 / 1e6);
+    let by_token: HashMap<u32, &TimingRecord> = timing
+        .iter()
+        .filter(|t| !t.sent_us.is_empty())
+        .filter_map(|t| Some((t.first_prompt_token?, t)))
+        .collect();
+    let pairs: Vec<(&RequestRecord, &TimingRecord)> = ok
+        .iter()
+        .filter_map(|r| Some((*r, *by_token.get(first_tokens.get(&r.index)?)?)))
+        .collect();
+    let ms = |us: u64| us as f64 / 1000.0;
     let arrival = |t: &TimingRecord| t.arrival_mono_ns as f64 / 1e6;
-    let send_to_engine_mean = mean(&mut measured.iter().map(|t| arrival(t)))
-        - mean(&mut ok.iter().map(|r| base + r.sent_ms));
-    let first_chunk_delivery_mean = mean(&mut ok.iter().map(|r| base + r.chunk_ms[0]))
-        - mean(
-            &mut measured
-                .iter()
-                .map(|t| arrival(t) + t.sent_us[0] as f64 / 1000.0),
-        );
-    let chunk_delivery_mean =
-        mean(&mut ok.iter().flat_map(|r| r.chunk_ms.iter().map(|c| base + c)))
-            - mean(
-                &mut measured
-                    .iter()
-                    .flat_map(|t| t.sent_us.iter().map(|s| arrival(t) + *s as f64 / 1000.0)),
-            );
-    let tokens: u64 = out
-        .records
+    let leg = |f: &dyn Fn(&RequestRecord, &TimingRecord) -> Option<f64>| {
+        Dist::of(pairs.iter().filter_map(|(r, t)| f(r, t)))
+    };
+    let send_to_engine = leg(&|r, t| Some(arrival(t) - (base + r.sent_ms)));
+    let engine_late = leg(&|_, t| Some(ms(t.sent_us[0]) - ms(t.scheduled_us[0])));
+    let first_chunk_to_client =
+        leg(&|r, t| Some(base + r.chunk_ms.first()? - (arrival(t) + ms(t.sent_us[0]))));
+    let tpot_client_err = leg(&|r, t| {
+        let n = f64::from(r.completion_tokens?.checked_sub(1).filter(|n| *n > 0)?);
+        let engine = (ms(*t.sent_us.last()?) - ms(t.sent_us[0])) / n;
+        Some(r.tpot_ms()? - engine)
+    });
+    let tokens: u64 = records
         .iter()
         .filter_map(|r| r.completion_tokens)
         .map(u64::from)
@@ -284,17 +295,19 @@ fn row(
         concurrency,
         requests: s.requests,
         succeeded: s.succeeded,
-        ttft_err_mean: stat(&ttft_err, |d| d.mean),
-        ttft_err_p99: stat(&ttft_err, |d| d.p99),
-        tpot_err_mean: stat(&tpot_err, |d| d.mean),
-        tpot_err_p99: stat(&tpot_err, |d| d.p99),
-        engine_late_mean: stat(&engine_late, |d| d.mean),
-        engine_late_p99: stat(&engine_late, |d| d.p99),
-        send_to_engine_mean,
-        first_chunk_delivery_mean,
-        chunk_delivery_mean,
-        lag_p99: s.client.lag_ms_p99.unwrap_or(f64::NAN),
         peak_inflight: s.client.peak_inflight,
+        new_connections: s.new_connections,
+        connections_warm: s.client.connections_warm,
+        connect_ms: s.client.connect_ms,
+        ttft_err,
+        send_to_engine,
+        engine_late,
+        first_chunk_to_client,
+        tpot_err,
+        tpot_client_err,
+        matched: pairs.len(),
+        read_lag_p99: s.client.read_lag_ms_p99,
+        lag_p99: s.client.lag_ms_p99,
         cpu_ms_per_1k_tokens: if tokens > 0 {
             s.client.cpu_s * 1000.0 / (tokens as f64 / 1000.0)
         } else {
@@ -304,44 +317,58 @@ fn row(
     }
 }
 
-/// A per-request value over the successful measured requests.
-fn s_values<'a>(
-    out: &'a PointOutcome,
-    f: impl Fn(&super::RequestRecord) -> Option<f64> + 'a,
-) -> impl Iterator<Item = f64> + 'a {
-    out.records
-        .iter()
-        .filter(|r| !r.warmup && r.ok())
-        .filter_map(f)
-}
-
-/// The result as a Markdown table, with the setting it was measured in.
+/// The result as a Markdown table, with the setting it was measured in. A figure without samples is `—`.
 pub fn table(args: &BenchArgs, rows: &[Row]) -> String {
+    let opt =
+        |x: Option<f64>, decimals: usize| x.map_or("—".into(), |x| format!("{x:.decimals$}"));
+    let mean = |d: &Option<Dist>, decimals: usize| opt(d.as_ref().map(|d| d.mean), decimals);
+    let p99 = |d: &Option<Dist>, decimals: usize| opt(d.as_ref().map(|d| d.p99), decimals);
     let mut t = format!(
-        "{} → {} tokens, true TTFT {} ms, true TPOT {} ms; errors = measured − true, ms\n\n",
-        args.input_tokens, args.output_tokens, args.ttft_ms, args.itl_ms
+        "`runner run`, {} → {} tokens, true TTFT {} ms, true TPOT {} ms, warmup {}, connections {}; \
+         errors = measured − true, ms (legs: means per request, matched with the engine's timing log)\n\n",
+        args.input_tokens,
+        args.output_tokens,
+        args.ttft_ms,
+        args.itl_ms,
+        args.warmup,
+        if args.cold { "cold" } else { "warm" }
     );
     t.push_str(
-        "| concurrency | ok/requests | peak in flight | TTFT err mean | TTFT err p99 | = send→engine | + engine late | + first chunk→client | engine late p99 | chunk→client mean | TPOT err mean | TPOT err p99 | client lag p99 | CPU ms / 1k tokens | saturated |\n",
+        "| concurrency | ok/requests | peak in flight | warm connections (ms) | new connections | TTFT err mean | TTFT err p99 | = send→engine | + engine late | + first chunk→client | first chunk→client p99 | TPOT err mean | TPOT err p99 | client's TPOT err mean / p99 | read lag p99 | runtime lag p99 | CPU ms / 1k tokens | saturated |\n",
     );
-    t.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n");
+    t.push_str(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n",
+    );
     for r in rows {
+        let warm = match (r.connections_warm, r.connect_ms) {
+            (Some(n), Some(ms)) => format!("{n} ({ms:.0})"),
+            _ => "—".into(),
+        };
+        let matched = if r.matched == r.succeeded as usize {
+            String::new()
+        } else {
+            format!(" ({} matched)", r.matched)
+        };
         t.push_str(&format!(
-            "| {} | {}/{} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} | {} |\n",
+            "| {} | {}/{}{matched} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {:.2} | {} |\n",
             r.concurrency,
             r.succeeded,
             r.requests,
             r.peak_inflight,
-            r.ttft_err_mean,
-            r.ttft_err_p99,
-            r.send_to_engine_mean,
-            r.engine_late_mean,
-            r.first_chunk_delivery_mean,
-            r.engine_late_p99,
-            r.chunk_delivery_mean,
-            r.tpot_err_mean,
-            r.tpot_err_p99,
-            r.lag_p99,
+            warm,
+            r.new_connections.map_or("—".into(), |n| n.to_string()),
+            mean(&r.ttft_err, 2),
+            p99(&r.ttft_err, 2),
+            mean(&r.send_to_engine, 2),
+            mean(&r.engine_late, 2),
+            mean(&r.first_chunk_to_client, 2),
+            p99(&r.first_chunk_to_client, 2),
+            mean(&r.tpot_err, 3),
+            p99(&r.tpot_err, 3),
+            mean(&r.tpot_client_err, 3),
+            p99(&r.tpot_client_err, 3),
+            opt(r.read_lag_p99, 2),
+            opt(r.lag_p99, 2),
             r.cpu_ms_per_1k_tokens,
             if r.saturated { "yes" } else { "no" },
         ));

@@ -1,52 +1,45 @@
-//! The HTTP side: one pooled client, the request body in the engine's dialect, and one streamed request
-//! turned into a [`RequestRecord`].
+//! The request side: the request body in the engine's dialect, and one streamed request turned into a
+//! [`RequestRecord`]; plus the pooled HTTP client the run uses for everything that is not load
+//! (metrics scrapes).
 //!
 //! Invariants: a chunk's arrival time is taken the moment its bytes are handed to us, before any parsing;
 //! token counts come only from the server's `usage`; a failure of any kind ends up in the record (kind and
-//! message), never as a panic or an early return that loses what was measured so far.
+//! message), never as a panic or an early return that loses what was measured so far. Only the messages
+//! that can change the record beyond "one more content message" are parsed as JSON ([`plain_content`]).
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
+use hyper::{Method, Uri};
 use serde::{Deserialize, Serialize};
 
+use super::pool::{Conn, Pool};
 use super::prompt::Prompt;
 use crate::engine::Dialect;
-use crate::secret::ApiKey;
 use crate::stats::{ErrorKind, RequestRecord};
 
 /// Error bodies and messages are kept to this many bytes in a record.
 const MESSAGE_LIMIT: usize = 1024;
-/// How long the body may take to end after `[DONE]`.
+/// How long the body may take to end after `[DONE]`, and a finished connection to be ready again.
 const AFTER_DONE_GRACE: Duration = Duration::from_secs(1);
 
-/// One HTTP client for a whole run: keep-alive connections reused across load points.
+/// One HTTP client for a whole run, for requests besides the load (metrics scrapes). The load itself
+/// goes over each point's own connections ([`super::pool`]). It keeps no idle connection: llama.cpp
+/// closes idle kept-alive connections, and a scrape that reuses one it just closed fails ("connection
+/// closed before message completed"); one new connection per scrape (once a second) costs nothing.
 #[derive(Clone)]
 pub struct LoadClient {
     http: reqwest::Client,
-    /// Never reuses a connection: for the one resend after a kept-alive connection was found closed.
-    fresh: reqwest::Client,
 }
 
 impl LoadClient {
-    /// A client for 1000+ concurrent streams: no pool cap, no total timeout (each request carries its
-    /// own), Nagle off, no proxy (loopback benchmarks must never go through one found in the environment).
-    /// Connections are kept and reused: opening a thousand at once in every wave overflows the server's
-    /// accept queue, and the dropped SYNs cost a full second each (measured: p99 TTFT error of 1 s at
-    /// c=500 without reuse). Reuse has one race, handled in [`stream_into`].
+    /// Raises the open-files limit (1000+ streams need as many sockets) and builds the client: no proxy
+    /// (loopback benchmarks must never go through one found in the environment), no total timeout.
     pub fn new() -> anyhow::Result<LoadClient> {
         crate::limits::raise_open_files_limit();
         let http = reqwest::Client::builder()
-            .no_proxy()
-            .http1_only()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(usize::MAX)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .connect_timeout(Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
-        let fresh = reqwest::Client::builder()
             .no_proxy()
             .http1_only()
             .tcp_nodelay(true)
@@ -54,15 +47,11 @@ impl LoadClient {
             .connect_timeout(Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;
-        Ok(LoadClient { http, fresh })
+        Ok(LoadClient { http })
     }
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
-    }
-
-    pub fn fresh(&self) -> &reqwest::Client {
-        &self.fresh
     }
 }
 
@@ -187,12 +176,9 @@ struct StreamState {
 
 /// Everything one request needs besides its body.
 pub struct Call<'a> {
-    pub http: &'a reqwest::Client,
-    /// The same client without connection reuse (see [`LoadClient::fresh`]).
-    pub fresh: &'a reqwest::Client,
-    pub url: &'a str,
-    /// The engine's API key, sent as `Authorization: Bearer …`.
-    pub api_key: Option<&'a ApiKey>,
+    pub pool: &'a Pool,
+    /// The API path, in origin form.
+    pub uri: &'a Uri,
     /// The point's time origin: every time in the record is relative to it.
     pub t0: Instant,
     pub timeout: Duration,
@@ -208,7 +194,7 @@ pub fn ms_since(t0: Instant, t: Instant) -> f64 {
 
 /// Sends one streamed request and fills `rec` (whose scheduling fields the caller has set). Never fails:
 /// every problem becomes the record's error kind and message.
-pub async fn execute(call: &Call<'_>, body: bytes::Bytes, rec: &mut RequestRecord) {
+pub async fn execute(call: &Call<'_>, body: Bytes, rec: &mut RequestRecord) {
     let outcome = tokio::time::timeout(call.timeout, stream_into(call, body, rec)).await;
     let end = Instant::now();
     let error = match outcome {
@@ -245,66 +231,102 @@ pub async fn execute(call: &Call<'_>, body: bytes::Bytes, rec: &mut RequestRecor
         .is_some_and(|n| n != call.output_tokens || rec.chunk_ms.len() > n as usize);
 }
 
+fn connect_error(e: anyhow::Error) -> (ErrorKind, String) {
+    (ErrorKind::Connect, format!("{e:#}"))
+}
+
 async fn stream_into(
     call: &Call<'_>,
-    body: bytes::Bytes,
+    body: Bytes,
     rec: &mut RequestRecord,
 ) -> Result<StreamState, (ErrorKind, String)> {
-    let send = |http: &reqwest::Client| {
-        let mut request = http
-            .post(call.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = call.api_key {
-            request = request.header(reqwest::header::AUTHORIZATION, key.bearer());
-        }
-        request.body(body.clone()).send()
-    };
-    let mut response = match send(call.http).await {
+    let dest = call.pool.dest();
+    let (mut conn, fresh) = call.pool.checkout().await.map_err(connect_error)?;
+    rec.new_connection = fresh;
+    let mut response = match conn
+        .send(dest.request(Method::POST, call.uri, body.clone()))
+        .await
+    {
         // A kept-alive connection the server closed just as we reused it (llama.cpp's HTTP library does
         // this under load) fails before any response: the server never saw the request, so sending it once
-        // more on a new connection (never a pooled one, which may be just as stale) is safe. It is recorded, never hidden.
-        Err(e) if closed_before_response(&e) => {
+        // more on a new connection is safe. It is recorded, never hidden.
+        Err(e) if !fresh && closed_before_response(&e) => {
             rec.retries += 1;
-            send(call.fresh).await
+            rec.new_connection = true;
+            conn = call.pool.connect().await.map_err(connect_error)?;
+            conn.send(dest.request(Method::POST, call.uri, body)).await
         }
         other => other,
     }
-    .map_err(|e| (classify(&e, false), error_text(&e)))?;
+    .map_err(|e| (ErrorKind::Request, error_text(&e)))?;
     let status = response.status();
     rec.status = Some(status.as_u16());
+    let body = response.body_mut();
     if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
-        return Err((ErrorKind::Http(status.as_u16()), text));
+        let mut text = Vec::new();
+        let ended = loop {
+            match conn.frame(body).await {
+                None => break true,
+                Some(Err(_)) => break false,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        text.extend_from_slice(&data);
+                    }
+                }
+            }
+        };
+        // An error answer leaves the connection as good as a success does.
+        if ended {
+            give_back(call.pool, conn).await;
+        }
+        return Err((
+            ErrorKind::Http(status.as_u16()),
+            String::from_utf8_lossy(&text).into_owned(),
+        ));
     }
 
     let mut parser = super::sse::SseParser::new();
     let mut state = StreamState::default();
-    loop {
+    let ended = loop {
         let next = if state.done {
             // After `[DONE]` only the end of the body should follow; a server that holds the connection
             // open must not turn a complete response into a timeout.
-            match tokio::time::timeout(AFTER_DONE_GRACE, response.chunk()).await {
+            match tokio::time::timeout(AFTER_DONE_GRACE, conn.frame(body)).await {
                 Ok(next) => next,
-                Err(_) => break,
+                Err(_) => break false,
             }
         } else {
-            response.chunk().await
+            conn.frame(body).await
         };
-        let chunk = match next {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(_) if state.done => break,
-            Err(e) => {
-                let kind = classify(&e, true);
-                return Err(state.error.take().unwrap_or((kind, error_text(&e))));
+        let frame = match next {
+            Some(Ok(frame)) => frame,
+            None => break true,
+            Some(Err(_)) if state.done => break false,
+            Some(Err(e)) => {
+                return Err(state
+                    .error
+                    .take()
+                    .unwrap_or((ErrorKind::StreamCut, error_text(&e))));
             }
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
         };
         // The arrival time of every message in this read: taken before parsing.
         let at = ms_since(call.t0, Instant::now());
         parser.feed(&chunk, &mut |data| on_message(data, at, rec, &mut state));
-    }
+    };
     parser.finish(&mut |data| on_message(data, at_now(call.t0), rec, &mut state));
+    if ended {
+        give_back(call.pool, conn).await;
+    }
     Ok(state)
+}
+
+/// Returns a connection whose response ended to the pool, unless it does not get ready for another
+/// request promptly.
+async fn give_back(pool: &Pool, conn: Conn) {
+    let _ = tokio::time::timeout(AFTER_DONE_GRACE, pool.checkin(conn)).await;
 }
 
 fn at_now(t0: Instant) -> f64 {
@@ -313,6 +335,15 @@ fn at_now(t0: Instant) -> f64 {
 
 /// Applies one SSE message to the record.
 fn on_message(data: &[u8], at: f64, rec: &mut RequestRecord, state: &mut StreamState) {
+    if plain_content(data) {
+        rec.chunk_ms.push(at);
+    } else {
+        parse_message(data, at, rec, state);
+    }
+}
+
+/// Applies one SSE message to the record, reading all of it.
+fn parse_message(data: &[u8], at: f64, rec: &mut RequestRecord, state: &mut StreamState) {
     if data == b"[DONE]" {
         state.done = true;
         return;
@@ -356,32 +387,69 @@ fn on_message(data: &[u8], at: f64, rec: &mut RequestRecord, state: &mut StreamS
     }
 }
 
-fn classify(e: &reqwest::Error, streaming: bool) -> ErrorKind {
-    if e.is_timeout() {
-        ErrorKind::Timeout
-    } else if e.is_connect() {
-        ErrorKind::Connect
-    } else if streaming || e.is_body() || e.is_decode() {
-        ErrorKind::StreamCut
-    } else {
-        ErrorKind::Request
+/// Whether `data` is certainly a plain content message: a JSON object with a non-empty `choices`, no
+/// `error`, no `role`, and `finish_reason` and `usage` absent or null. Such a message only adds one
+/// arrival time to the record (what [`on_message`]'s full parse would conclude too), so it is not
+/// parsed; everything else (the first role message, finish and usage messages, errors, anything
+/// unexpected) is. One pass over the bytes that reads keys only: text inside string values, escaped
+/// quotes included, is skipped, so generated text cannot fake or hide a key.
+fn plain_content(data: &[u8]) -> bool {
+    if data.first() != Some(&b'{') || data.last() != Some(&b'}') {
+        return false;
     }
-}
-
-/// The connection closed before any response arrived ("connection closed before message completed").
-fn closed_before_response(e: &reqwest::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message();
+    let skip_ws = |mut j: usize| {
+        while data.get(j).is_some_and(u8::is_ascii_whitespace) {
+            j += 1;
         }
-        source = s.source();
+        j
+    };
+    let mut choices = false;
+    let mut i = 1;
+    while i < data.len() {
+        if data[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        i = start;
+        while i < data.len() && data[i] != b'"' {
+            i += if data[i] == b'\\' { 2 } else { 1 };
+        }
+        if i >= data.len() {
+            return false; // an unterminated string: let the parser say what is wrong
+        }
+        let string = &data[start..i];
+        i += 1;
+        let colon = skip_ws(i);
+        if data.get(colon) != Some(&b':') {
+            continue; // a string value, not a key
+        }
+        let value = skip_ws(colon + 1);
+        let rest = &data[value..];
+        match string {
+            b"finish_reason" | b"usage" if !rest.starts_with(b"null") => return false,
+            b"error" | b"role" => return false,
+            b"choices" => {
+                if rest.first() != Some(&b'[') || data.get(skip_ws(value + 1)) != Some(&b'{') {
+                    return false; // empty choices: a usage message
+                }
+                choices = true;
+            }
+            _ => {}
+        }
+        i = value;
     }
-    false
+    choices
 }
 
-/// The error with its causes (reqwest's top-level message alone rarely says what happened).
-fn error_text(e: &reqwest::Error) -> String {
+/// The connection closed before any response arrived ("connection closed before message completed"),
+/// or it was found closed before the request could be written.
+fn closed_before_response(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || e.is_canceled()
+}
+
+/// The error with its causes (the top-level message alone rarely says what happened).
+fn error_text(e: &hyper::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -463,6 +531,50 @@ mod tests {
         assert!(matches!(state.error, Some((ErrorKind::StreamError, ref m)) if m.contains("boom")));
         let (_, state) = apply(&["not json"]);
         assert!(matches!(state.error, Some((ErrorKind::BadResponse, _))));
+    }
+
+    #[test]
+    fn only_plain_content_messages_skip_the_parser() {
+        let plain = [
+            // The simulator, vLLM (with null usage and stop reason), chat deltas, odd spacing.
+            r#"{"id":"cmpl-sim-3","object":"text_completion","created":1,"model":"sim","choices":[{"index":0,"text":" ab","logprobs":null,"finish_reason":null}]}"#,
+            r#"{"id":"x","choices":[{"index":0,"text":"","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"hi"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices" : [ {"delta":{"reasoning_content":"hm"}}]}"#,
+            // Generated text that looks like keys is text: escaped quotes stay inside the string.
+            r#"{"choices":[{"text":"\"error\": {\"finish_reason\":\"stop\"} \\","finish_reason":null}]}"#,
+        ];
+        for m in plain {
+            assert!(plain_content(m.as_bytes()), "{m}");
+            // What the full parse concludes from it: one more content message, nothing else.
+            let mut rec = RequestRecord::default();
+            let mut state = StreamState::default();
+            parse_message(m.as_bytes(), 7.0, &mut rec, &mut state);
+            assert_eq!(rec.chunk_ms, [7.0], "{m}");
+            assert_eq!(
+                rec,
+                RequestRecord {
+                    chunk_ms: vec![7.0],
+                    ..RequestRecord::default()
+                }
+            );
+            assert!(!state.done && state.error.is_none(), "{m}");
+        }
+        let parsed = [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"text":" c","finish_reason":"length"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":3}}"#,
+            r#"{"choices":[{"text":"a","finish_reason":null}],"usage":{"completion_tokens":1}}"#,
+            r#"{"error":{"message":"boom","code":500}}"#,
+            r#"{"choices":[{"text":"a"}],"error":"late"}"#,
+            r#"{"choices":[{"text":"unterminated}"#,
+            "[DONE]",
+            "not json",
+            r#"{"choices":[{"text":"a"}]"#,
+        ];
+        for m in parsed {
+            assert!(!plain_content(m.as_bytes()), "{m}");
+        }
     }
 
     #[test]

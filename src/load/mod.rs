@@ -2,17 +2,29 @@
 //! per-request records, their summary and the server's metric deltas.
 //!
 //! - [`prompt`]: exact-length prompts, deterministic from the seed.
-//! - [`client`]: the pooled HTTP client, request dialects, streamed requests into records.
+//! - [`bodies`]: request bodies built in a bounded window ahead of the scheduler.
+//! - [`net`], [`pool`]: the point's TCP connections (kernel-timestamped reads) and HTTP/1.1 keep-alive
+//!   connections, opened before the measured phase and counted.
+//! - [`client`]: request dialects, streamed requests into records.
 //! - [`sse`]: incremental SSE parsing.
-//! - [`schedule`]: closed loop, in-flight cap, Poisson rate; warm-up; the client's self-check.
-//! - [`bench`]: the client benchmark against the simulated engine (`runner bench-client`).
+//! - [`schedule`]: warm-up, connection opening, closed loop, in-flight cap, Poisson rate.
+//! - [`recorder`]: records leave as requests finish, summarised on the way.
+//! - [`health`]: the client's self-check (runtime lag, read lag, CPU).
+//! - [`bench`]: the client benchmark (`runner bench-client`): `runner run` against the simulated engine.
 //!
-//! Invariants: a point never fails because requests fail (they are counted by kind); only setup problems
-//! and cancellation end it early. Warm-up requests are recorded but marked and excluded from statistics.
+//! Invariants: a point never fails because requests fail (they are counted by kind); only setup problems,
+//! a failed record write and cancellation end it early. Warm-up requests are recorded but marked and
+//! excluded from statistics. Memory does not grow with the number of requests beyond a few numbers per
+//! request (see [`crate::stats::Accumulator`]).
 
 pub mod bench;
+pub mod bodies;
 pub mod client;
+pub mod health;
+pub mod net;
+pub mod pool;
 pub mod prompt;
+pub mod recorder;
 pub mod schedule;
 pub mod sse;
 
@@ -29,7 +41,7 @@ use crate::engine::{CacheCounters, Dialect};
 use crate::experiment::load::LoadSpec;
 use crate::scrape::{self, ServerMetrics};
 use crate::secret::ApiKey;
-use crate::stats::{self, Summary};
+use crate::stats::{RecordSink, Summary};
 
 /// The server under load.
 #[derive(Debug, Clone)]
@@ -47,14 +59,12 @@ pub struct Target {
     pub api_key: Option<ApiKey>,
 }
 
-impl Target {
-    pub fn url(&self, chat: bool) -> String {
-        let path = if chat {
-            "/v1/chat/completions"
-        } else {
-            "/v1/completions"
-        };
-        format!("{}{path}", self.base_url.trim_end_matches('/'))
+/// The API path of a request: completions, or chat completions.
+pub fn api_path(chat: bool) -> &'static str {
+    if chat {
+        "/v1/chat/completions"
+    } else {
+        "/v1/completions"
     }
 }
 
@@ -76,14 +86,17 @@ impl Progress {
 
 /// Everything one load point produced.
 #[derive(Debug, Clone)]
-pub struct PointOutcome {
-    /// Every request, warm-up first, in issue order.
-    pub records: Vec<RequestRecord>,
+pub struct PointOutcome<S = Vec<RequestRecord>> {
+    /// The sink every record went to, in the order requests finished (warm-up included, marked).
+    pub records: S,
     pub summary: Summary,
     pub server_metrics: ServerMetrics,
     /// The instant every time in `records` is relative to (lets a caller line records up with other
     /// monotonic timestamps, e.g. an engine's timing log).
     pub t0: std::time::Instant,
+    /// The measured phase, ms since `t0` (first intended send to last end); `None` without measured
+    /// requests.
+    pub span: Option<(f64, f64)>,
     /// Every prompt sent, when the load settings ask for them to be saved.
     pub prompts: Option<Vec<SavedPrompt>>,
 }
@@ -126,6 +139,9 @@ pub enum LoadError {
     /// The point could not be set up (tokenizer unreadable, bad vocabulary range, ...).
     #[error(transparent)]
     Setup(#[from] anyhow::Error),
+    /// A record could not be written; the point's records are incomplete.
+    #[error("writing the requests' records: {0}")]
+    Record(std::io::Error),
 }
 
 /// Separates load points that share a seed, so two points on one server never send the same prompt.
@@ -143,14 +159,16 @@ pub fn prompt_salt(spec: &LoadSpec) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Runs one load point: scrape before, warm-up, measured phase, scrape after, summary.
-pub async fn run_point(
+/// Runs one load point: scrape before, warm-up, connections, measured phase, scrape after, summary.
+/// Every record goes to `sink` as its request finishes.
+pub async fn run_point<S: RecordSink>(
     client: &LoadClient,
     target: &Target,
     spec: &LoadSpec,
     progress: &Progress,
     cancel: &CancellationToken,
-) -> Result<PointOutcome, LoadError> {
+    sink: S,
+) -> Result<PointOutcome<S>, LoadError> {
     let chat = spec.api == crate::experiment::load::Api::Chat;
     let prompts = prompt::PromptSource::new(spec, prompt_salt(spec), chat)?;
     progress.done.store(0, Ordering::Relaxed);
@@ -159,29 +177,31 @@ pub async fn run_point(
         .store(u64::from(spec.requests), Ordering::Relaxed);
 
     let before = match &target.metrics_url {
-        Some(url) => Some(scrape::scrape(client.fresh(), url, target.api_key.as_ref()).await),
+        Some(url) => Some(scrape::scrape(client.http(), url, target.api_key.as_ref()).await),
         None => None,
     };
 
     let t0 = std::time::Instant::now();
-    let drive = schedule::drive(client, target, spec, prompts, progress, t0);
-    let (records, check) = tokio::select! {
-        out = drive => out,
+    let drive = schedule::drive(target, spec, prompts, progress, t0, sink);
+    let driven = tokio::select! {
+        out = drive => out?,
         () = cancel.cancelled() => return Err(LoadError::Interrupted),
     };
+    if let Some(e) = driven.write_error {
+        return Err(LoadError::Record(e));
+    }
 
     let server_metrics = match (&target.metrics_url, before) {
         (None, _) => ServerMetrics::missing("the server has no metrics endpoint"),
         (Some(_), Some(Err(e))) => ServerMetrics::missing(format!("{e:#}")),
         (Some(url), Some(Ok(before))) => {
-            match scrape::scrape(client.fresh(), url, target.api_key.as_ref()).await {
+            match scrape::scrape(client.http(), url, target.api_key.as_ref()).await {
                 Ok(after) => ServerMetrics::between(&before, &after, target.cache_counters),
                 Err(e) => ServerMetrics::missing(format!("{e:#}")),
             }
         }
         (Some(_), None) => ServerMetrics::missing("not scraped"),
     };
-    let summary = stats::summarize(&records, spec, check);
     let prompts = if spec.save_prompts {
         Some(saved_prompts(spec, chat)?)
     } else {
@@ -189,8 +209,9 @@ pub async fn run_point(
     };
     Ok(PointOutcome {
         prompts,
-        records,
-        summary,
+        records: driven.sink,
+        summary: driven.summary,
+        span: driven.span,
         server_metrics,
         t0,
     })

@@ -270,6 +270,7 @@ mod tests {
             slo: Slo::default(),
             vocab,
             save_prompts: false,
+            connections: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
-//! When requests are sent: warm-up, then the measured phase in closed loop (a fixed number of streams,
-//! each sending its next request as soon as the previous one ends) or at a Poisson request rate; an
-//! optional in-flight cap; and the client's self-check while it runs.
+//! When requests are sent: warm-up, then (with `connections = "warm"`) the point's connections are
+//! opened, then the measured phase runs in closed loop (a fixed number of streams, each sending its next
+//! request as soon as the previous one ends) or at a Poisson request rate; an optional in-flight cap;
+//! and the client's self-check while it runs.
 //!
 //! Invariants:
 //! - One function, [`one`], sends every request; the two drivers only decide *when*.
@@ -9,51 +10,39 @@
 //!   time, so a late client or a full gate shows up as latency instead of hiding it (coordinated
 //!   omission). In rate mode `concurrency` (or `max_inflight`, if lower) caps requests in flight.
 //! - The arrival schedule is deterministic from the seed.
-//! - Self-check: a timer task wakes every [`LAG_PERIOD`] and records how late it ran. The runtime's
-//!   timer has 1 ms resolution, so lag up to ~1 ms is normal; a point is flagged `saturated` when the
-//!   p99 lag exceeds [`SATURATION_P99_MS`], i.e. when chunk reads may have been that late too.
+//! - The measured phase starts with its connections open (warm) and its first bodies built; its peak
+//!   in-flight count, lags and CPU time cover it alone.
+//! - Records leave through the recorder the moment a request ends; memory does not grow with them.
+//! - Self-check ([`super::health`]): the runtime's timer lag and the read lag of every read; a point is
+//!   flagged `saturated` when the p99 of either exceeds [`health::SATURATION_P99_MS`].
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use hyper::Uri;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::client::{self, Call, LoadClient, ms_since};
+use super::bodies::{Bodies, Built};
+use super::client::{self, Call, ms_since};
+use super::health::{self, Histogram};
+use super::pool::{Dest, Pool};
 use super::prompt::PromptSource;
-use super::{Progress, Target};
+use super::recorder::Recorder;
+use super::{LoadError, Progress, Target};
 use crate::engine::Dialect;
-use crate::experiment::load::{Api, LoadSpec};
-use crate::secret::ApiKey;
-use crate::stats::RequestRecord;
-use crate::stats::{ClientCheck, Dist};
-
-/// How often the self-check timer wakes.
-pub const LAG_PERIOD: Duration = Duration::from_millis(2);
-/// Scheduling lag p99 (ms) above which a point is flagged: the client may have inflated TTFT/ITL.
-pub const SATURATION_P99_MS: f64 = 5.0;
-
-/// Request bodies are built before the point when all of them fit in this many bytes. Building a body
-/// (prompt draws + JSON) costs tens of microseconds; in closed loop whole waves of streams resend at the
-/// same instant, and building their bodies then would delay every send of the wave.
-pub const PREBUILT_BODY_BUDGET: usize = 512 << 20;
+use crate::experiment::load::{Api, Connections, LoadSpec};
+use crate::stats::{ClientCheck, RecordSink, RequestRecord, Summary};
 
 /// What every request of a point shares.
 struct Shared {
-    http: reqwest::Client,
-    fresh: reqwest::Client,
-    url: String,
-    api_key: Option<ApiKey>,
-    model: String,
-    dialect: Dialect,
-    chat: bool,
-    prompts: PromptSource,
-    /// Request bodies built before the point starts, when they fit in [`PREBUILT_BODY_BUDGET`].
-    prebuilt: Vec<(bytes::Bytes, Option<u32>)>,
+    pool: Arc<Pool>,
+    uri: Uri,
     t0: Instant,
     timeout: Duration,
     input_tokens: u32,
@@ -63,19 +52,75 @@ struct Shared {
     inflight: AtomicU32,
     peak: AtomicU32,
     progress: Progress,
+    records: mpsc::Sender<RequestRecord>,
 }
 
-/// Runs warm-up and the measured phase; returns every record (in issue order, times relative to `t0`)
-/// and the self-check.
-pub async fn drive(
-    client: &LoadClient,
+/// Builds request bodies: the prompt of an index in the engine's dialect.
+#[derive(Clone)]
+struct BodyMaker {
+    prompts: PromptSource,
+    model: String,
+    chat: bool,
+    output_tokens: u32,
+    dialect: Dialect,
+}
+
+impl BodyMaker {
+    fn make(&self, index: u32) -> Built {
+        let prompt = self.prompts.prompt(index);
+        let body = client::body(
+            &self.model,
+            &prompt,
+            self.chat,
+            self.output_tokens,
+            self.dialect,
+        );
+        Built {
+            index,
+            body: Bytes::from(body),
+            known_tokens: prompt.known_tokens(),
+        }
+    }
+
+    /// The bodies of `range`, built ahead in a window sized for `streams`.
+    fn window(&self, range: std::ops::Range<u32>, streams: u32, input_tokens: u32) -> Arc<Bodies> {
+        // A token id is at most 6 digits and a comma.
+        let estimate = input_tokens as usize * 7 + 512;
+        let maker = self.clone();
+        Arc::new(Bodies::start(
+            range,
+            Bodies::capacity(streams, estimate),
+            move |i| maker.make(i),
+        ))
+    }
+}
+
+/// What a point's requests produced: the summary (records summarised as they finished) and the sink
+/// that took the records.
+pub struct Driven<S> {
+    pub summary: Summary,
+    /// The measured phase on the point's clock (see [`crate::stats::Accumulator::span`]).
+    pub span: Option<(f64, f64)>,
+    pub sink: S,
+    /// The first error the sink returned.
+    pub write_error: Option<std::io::Error>,
+}
+
+/// Runs warm-up, connection opening and the measured phase; every record goes to `sink` as it
+/// finishes (times relative to `t0`).
+pub async fn drive<S: RecordSink>(
     target: &Target,
     spec: &LoadSpec,
     prompts: PromptSource,
     progress: &Progress,
     t0: Instant,
-) -> (Vec<RequestRecord>, ClientCheck) {
+    sink: S,
+) -> Result<Driven<S>, LoadError> {
     let chat = spec.api == Api::Chat;
+    let dest = Dest::resolve(&target.base_url)
+        .await?
+        .with_api_key(target.api_key.as_ref())?;
+    let uri = dest.path(super::api_path(chat))?;
     let rate = spec.request_rate;
     let cap = match rate {
         Some(_) => Some(
@@ -84,37 +129,23 @@ pub async fn drive(
         ),
         None => spec.max_inflight.filter(|&m| m < spec.concurrency),
     };
-    // Building the prompts is part of what the client costs.
-    let cpu_before = cpu_time();
-    let total = spec.warmup + spec.requests;
-    // A token id is at most 6 digits and a comma.
-    let estimate = (spec.input_tokens as usize * 7 + 512) * total as usize;
-    let build = |index: u32| {
-        let prompt = prompts.prompt(index);
-        let body = client::body(
-            &target.model,
-            &prompt,
-            chat,
-            spec.output_tokens,
-            target.dialect,
-        );
-        (bytes::Bytes::from(body), prompt.known_tokens())
-    };
-    let prebuilt = if estimate <= PREBUILT_BODY_BUDGET {
-        (0..total).map(build).collect()
-    } else {
-        Vec::new()
-    };
-    let shared = Arc::new(Shared {
-        http: client.http().clone(),
-        fresh: client.fresh().clone(),
-        url: target.url(chat),
-        api_key: target.api_key.clone(),
-        model: target.model.clone(),
-        dialect: target.dialect,
-        chat,
+    let read_lag = Arc::new(Histogram::default());
+    let pool = Arc::new(Pool::new(dest, Arc::clone(&read_lag)));
+    let recorder = Recorder::start(spec, sink);
+    let maker = BodyMaker {
         prompts,
-        prebuilt,
+        model: target.model.clone(),
+        chat,
+        output_tokens: spec.output_tokens,
+        dialect: target.dialect,
+    };
+    let warm = 0..spec.warmup;
+    let measured = warm.end..warm.end + spec.requests;
+    let warm_bodies = maker.window(warm.clone(), spec.concurrency, spec.input_tokens);
+    let measured_bodies = maker.window(measured, spec.concurrency, spec.input_tokens);
+    let shared = Arc::new(Shared {
+        pool: Arc::clone(&pool),
+        uri,
         t0,
         timeout: spec.timeout,
         input_tokens: spec.input_tokens,
@@ -124,61 +155,80 @@ pub async fn drive(
         inflight: AtomicU32::new(0),
         peak: AtomicU32::new(0),
         progress: progress.clone(),
+        records: recorder.sender(),
     });
 
     // The monitor is a spawned task so that it runs on the worker threads that read the streams (the
     // caller may poll this future from a thread outside the pool, e.g. `block_on`). Dropping the guard
     // (cancellation) aborts it.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut monitor = AbortOnDrop(tokio::spawn(lag_monitor(Arc::clone(&stop))));
-    let phases = async {
-        let warm = 0..spec.warmup;
-        let mut records = closed_loop(
-            &shared,
-            warm.clone(),
-            spec.concurrency.min(spec.warmup),
-            true,
-        )
-        .await;
-        // Peak in-flight proves the offered load of the measured phase only.
-        shared.peak.store(0, Ordering::Relaxed);
-        let measured = warm.end..warm.end + spec.requests;
-        records.extend(match rate {
-            None => closed_loop(&shared, measured, spec.concurrency, false).await,
-            Some(rate) => poisson(&shared, measured, rate, spec.seed).await,
-        });
-        stop.store(true, Ordering::Relaxed);
-        records
-    };
-    let mut records = phases.await;
-    // The monitor only ends by the stop flag; a join error would mean it was aborted: no samples.
-    let lags: Vec<f64> = (&mut monitor.0).await.unwrap_or_default();
-    let cpu_s = cpu_time() - cpu_before;
-    records.sort_by_key(|r| r.index);
+    let lags = Arc::new(Histogram::default());
+    let monitor = AbortOnDrop(tokio::spawn(health::lag_monitor(
+        Arc::clone(&stop),
+        Arc::clone(&lags),
+    )));
 
-    let lag = Dist::of(lags);
-    let lag_p99 = lag.as_ref().map(|d| d.p99);
-    let check = ClientCheck {
-        lag_ms_p50: lag.as_ref().map(|d| d.p50),
-        lag_ms_p99: lag_p99,
-        lag_ms_max: lag.as_ref().map(|d| d.max),
-        peak_inflight: shared.peak.load(Ordering::Relaxed),
-        saturated: lag_p99.is_some_and(|p99| p99 > SATURATION_P99_MS),
-        cpu_s,
+    closed_loop(
+        &shared,
+        &warm_bodies,
+        spec.concurrency.min(spec.warmup),
+        true,
+    )
+    .await;
+    // As many connections as the measured phase has requests in flight at once.
+    let streams = cap.unwrap_or(spec.concurrency).min(spec.requests);
+    let warmed = match spec.connections {
+        Connections::Warm => Some(pool.warm(streams, spec.timeout).await),
+        Connections::Cold => None,
     };
-    (records, check)
+    measured_bodies.full().await;
+
+    // The measured phase: its own peak, lags and CPU time.
+    shared.peak.store(0, Ordering::Relaxed);
+    lags.clear();
+    read_lag.clear();
+    let cpu_before = health::cpu_time();
+    match rate {
+        None => closed_loop(&shared, &measured_bodies, spec.concurrency, false).await,
+        Some(rate) => poisson(&shared, &measured_bodies, spec.requests, rate, spec.seed).await,
+    }
+    let cpu_s = health::cpu_time() - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    drop(monitor);
+    let peak_inflight = shared.peak.load(Ordering::Relaxed);
+    // Every request task has ended: this was the last sender besides the recorder's own.
+    drop(shared);
+    let recorded = recorder
+        .finish()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the record writer stopped unexpectedly"))?;
+
+    let (lag, read) = (lags.lag(), read_lag.lag());
+    let check = ClientCheck {
+        lag_ms_p50: lag.map(|l| l.p50_ms),
+        lag_ms_p99: lag.map(|l| l.p99_ms),
+        lag_ms_max: lag.map(|l| l.max_ms),
+        read_lag_ms_p50: read.map(|l| l.p50_ms),
+        read_lag_ms_p99: read.map(|l| l.p99_ms),
+        read_lag_ms_max: read.map(|l| l.max_ms),
+        peak_inflight,
+        saturated: [lag, read].iter().flatten().any(health::Lag::saturated),
+        cpu_s,
+        connections_warm: warmed.map(|w| w.open),
+        connect_ms: warmed.map(|w| w.ms),
+        t0_mono_ns: Some(crate::sim::timing::MonoClock::now().ns(t0)),
+    };
+    Ok(Driven {
+        span: recorded.summary.span(),
+        summary: recorded.summary.finish(check),
+        sink: recorded.sink,
+        write_error: recorded.error,
+    })
 }
 
-/// Sends one request: prompt and body first (not timed), then the gate, then the timed request.
-async fn one(sh: &Shared, index: u32, warmup: bool, intended: Instant) -> RequestRecord {
-    let (body, known_tokens) = match sh.prebuilt.get(index as usize) {
-        Some(built) => built.clone(),
-        None => {
-            let prompt = sh.prompts.prompt(index);
-            let body = client::body(&sh.model, &prompt, sh.chat, sh.output_tokens, sh.dialect);
-            (bytes::Bytes::from(body), prompt.known_tokens())
-        }
-    };
+/// Sends one request (its body built ahead): the gate, then the timed request; the record goes to the
+/// recorder.
+async fn one(sh: &Shared, built: Built, warmup: bool, intended: Instant) {
     // A closed semaphore cannot happen (we never close it); without a permit we simply go ahead.
     let _permit = match &sh.gate {
         Some(gate) => gate.acquire().await.ok(),
@@ -189,7 +239,7 @@ async fn one(sh: &Shared, index: u32, warmup: bool, intended: Instant) -> Reques
     sh.peak.fetch_max(now_inflight, Ordering::Relaxed);
     let (intended_ms, sent_ms) = (ms_since(sh.t0, intended), ms_since(sh.t0, sent));
     let mut rec = RequestRecord {
-        index,
+        index: built.index,
         warmup,
         intended_ms,
         sent_ms,
@@ -198,94 +248,74 @@ async fn one(sh: &Shared, index: u32, warmup: bool, intended: Instant) -> Reques
         } else {
             sent_ms
         },
-        prompt_tokens_sent: known_tokens,
+        prompt_tokens_sent: built.known_tokens,
         ..RequestRecord::default()
     };
     let call = Call {
-        http: &sh.http,
-        fresh: &sh.fresh,
-        url: &sh.url,
-        api_key: sh.api_key.as_ref(),
+        pool: &sh.pool,
+        uri: &sh.uri,
         t0: sh.t0,
         timeout: sh.timeout,
         input_tokens: sh.input_tokens,
         output_tokens: sh.output_tokens,
     };
-    client::execute(&call, body, &mut rec).await;
+    client::execute(&call, built.body, &mut rec).await;
     sh.inflight.fetch_sub(1, Ordering::Relaxed);
     if !warmup {
         sh.progress.done.fetch_add(1, Ordering::Relaxed);
     }
-    rec
+    // The recorder outlives every request task; if it is gone the point is being torn down anyway.
+    let _ = sh.records.send(rec);
 }
 
-/// `streams` tasks, each sending the next unsent request of `range` as soon as its previous one ends.
-async fn closed_loop(
-    sh: &Arc<Shared>,
-    range: Range<u32>,
-    streams: u32,
-    warmup: bool,
-) -> Vec<RequestRecord> {
-    let next = Arc::new(AtomicU32::new(range.start));
+/// `streams` tasks, each sending the next body of `bodies` as soon as its previous request ends.
+async fn closed_loop(sh: &Arc<Shared>, bodies: &Arc<Bodies>, streams: u32, warmup: bool) {
     let mut set = JoinSet::new();
-    for _ in 0..streams.min(range.len() as u32) {
-        let (sh, next, end) = (Arc::clone(sh), Arc::clone(&next), range.end);
+    for _ in 0..streams {
+        let (sh, bodies) = (Arc::clone(sh), Arc::clone(bodies));
         set.spawn(async move {
-            let mut out = Vec::new();
             loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= end {
-                    break out;
-                }
-                out.push(one(&sh, index, warmup, Instant::now()).await);
+                // The slot is free now; waiting for a body (the builder behind) counts as queue time.
+                let intended = Instant::now();
+                let Some(built) = bodies.next().await else {
+                    break;
+                };
+                one(&sh, built, warmup, intended).await;
             }
         });
     }
-    collect(set).await
+    join_all(set).await;
 }
 
-/// Requests at Poisson arrivals of `rate` per second (exponential gaps), the first at once.
-async fn poisson(sh: &Arc<Shared>, range: Range<u32>, rate: f64, seed: u64) -> Vec<RequestRecord> {
+/// `count` requests at Poisson arrivals of `rate` per second (exponential gaps), the first at once.
+async fn poisson(sh: &Arc<Shared>, bodies: &Bodies, count: u32, rate: f64, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let start = Instant::now();
     let mut at = 0.0f64;
     let mut set = JoinSet::new();
-    for index in range {
+    for _ in 0..count {
         let intended = start + Duration::from_secs_f64(at);
         tokio::time::sleep_until(intended.into()).await;
+        let Some(built) = bodies.next().await else {
+            break;
+        };
         let sh = Arc::clone(sh);
-        set.spawn(async move { vec![one(&sh, index, false, intended).await] });
+        set.spawn(async move { one(&sh, built, false, intended).await });
         // 1 − U lies in (0, 1], so the logarithm is finite.
         at += -(1.0 - rng.random::<f64>()).ln() / rate;
     }
-    collect(set).await
+    join_all(set).await;
 }
 
-async fn collect(mut set: JoinSet<Vec<RequestRecord>>) -> Vec<RequestRecord> {
-    let mut all = Vec::new();
+async fn join_all(mut set: JoinSet<()>) {
     while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok(records) => all.extend(records),
-            // A panic in a request task is a bug: surface it rather than lose records silently.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => {}
+        // A panic in a request task is a bug: surface it rather than lose records silently.
+        if let Err(e) = joined
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
-    all
-}
-
-/// Wakes every [`LAG_PERIOD`] until `stop`, returning how late each wake-up was (ms).
-async fn lag_monitor(stop: Arc<AtomicBool>) -> Vec<f64> {
-    let mut lags = Vec::new();
-    let mut next = Instant::now() + LAG_PERIOD;
-    while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep_until(next.into()).await;
-        let now = Instant::now();
-        lags.push(now.saturating_duration_since(next).as_secs_f64() * 1000.0);
-        // After a long stall, measure the next period from now rather than firing a burst of catch-ups.
-        next = (next + LAG_PERIOD).max(now + LAG_PERIOD / 2);
-    }
-    lags
 }
 
 /// Aborts a spawned task when dropped, so that cancellation leaves nothing running.
@@ -295,18 +325,4 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// User + system CPU time of this process, seconds.
-pub fn cpu_time() -> f64 {
-    // SAFETY: getrusage writes only into the zeroed struct we pass.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
-            return 0.0;
-        }
-        usage
-    };
-    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }

@@ -26,7 +26,7 @@ impl SseParser {
 
     /// Consumes `bytes`, calling `on_event` with the data of every event completed by them.
     pub fn feed(&mut self, mut bytes: &[u8], on_event: &mut impl FnMut(&[u8])) {
-        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', bytes) {
             let (head, rest) = bytes.split_at(nl);
             bytes = &rest[1..];
             if self.partial.is_empty() {

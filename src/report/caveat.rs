@@ -88,11 +88,23 @@ pub fn of_cell(result: &CellResult, ctx: &Context) -> Vec<Caveat> {
         out.push(Caveat {
             kind: Kind::Saturated,
             short: "客户端饱和".into(),
-            text: format!(
-                "客户端饱和（调度延迟 p99 {} ms，最大 {} ms）：TTFT/TPOT 可能被客户端拉高",
-                format::opt3(s.client.lag_ms_p99),
-                format::opt3(s.client.lag_ms_max)
-            ),
+            text: {
+                // Read lag (how long received bytes waited for the client) is shown where it was
+                // measured.
+                let read = match s.client.read_lag_ms_p99 {
+                    Some(p99) => format!(
+                        "；读取延迟 p99 {} ms，最大 {} ms",
+                        format::opt3(Some(p99)),
+                        format::opt3(s.client.read_lag_ms_max)
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "客户端饱和（调度延迟 p99 {} ms，最大 {} ms{read}）：TTFT/TPOT 可能被客户端拉高",
+                    format::opt3(s.client.lag_ms_p99),
+                    format::opt3(s.client.lag_ms_max)
+                )
+            },
         });
     }
     let (peak, expected) = (s.client.peak_inflight, ctx.expected_inflight);

@@ -499,6 +499,17 @@ pub async fn serve(
     config: SimConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_counting(listener, config, shutdown, Arc::default()).await
+}
+
+/// [`serve`], counting every accepted connection in `accepted` (tests prove with it how many
+/// connections a client opened).
+async fn serve_counting(
+    listener: TcpListener,
+    config: SimConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    accepted: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
     config.validate().map_err(Failure::bad_input)?;
     if let Some(code) = config.faults.exit_at_start {
         return Err(SimExit::AtStart(code).into());
@@ -550,9 +561,10 @@ pub async fn serve(
         cfg: config,
     });
     let app = server::router(shared.clone());
-    let listener = listener.tap_io(|tcp| {
+    let listener = listener.tap_io(move |tcp| {
         // Small SSE chunks must leave at once, not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
+        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
@@ -594,6 +606,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// server down in the background; [`SimHandle::stop`] waits for that.
 pub struct SimHandle {
     pub addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -605,14 +618,26 @@ impl SimHandle {
         let listener = bind((Ipv4Addr::LOCALHOST, 0).into())?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, config, async move {
-            let _ = stopped.await;
-        }));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(serve_counting(
+            listener,
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+            Arc::clone(&accepted),
+        ));
         Ok(SimHandle {
             addr,
+            accepted,
             stop: Some(stop),
             task: Some(task),
         })
+    }
+
+    /// Connections the server has accepted so far.
+    pub fn connections_accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `http://127.0.0.1:PORT`.

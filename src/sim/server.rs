@@ -325,13 +325,100 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `prompt` in any of the shapes the completions API allows.
+#[derive(Debug)]
 enum Prompt {
     Text(String),
     Ids(Vec<i64>),
     Texts(Vec<String>),
     IdLists(Vec<Vec<i64>>),
+}
+
+/// Read by hand rather than as an untagged enum, which buffers a thousand-id prompt into an intermediate
+/// tree before trying each shape: that doubled the parse time, paid by the engine while a burst of
+/// requests waits to be read (and counted as the client's error by the client benchmark). The first
+/// element of an array decides its shape.
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PromptVisitor)
+    }
+}
+
+struct PromptVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PromptVisitor {
+    type Value = Prompt;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(
+            "a string, an array of token ids, an array of strings or an array of token-id arrays",
+        )
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Prompt, E> {
+        Ok(Prompt::Text(v.to_string()))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Prompt, A::Error> {
+        fn rest<'de, T: Deserialize<'de>, A: serde::de::SeqAccess<'de>>(
+            first: T,
+            seq: &mut A,
+        ) -> Result<Vec<T>, A::Error> {
+            let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(0) + 1);
+            all.push(first);
+            while let Some(next) = seq.next_element()? {
+                all.push(next);
+            }
+            Ok(all)
+        }
+        Ok(match seq.next_element::<PromptItem>()? {
+            None => Prompt::Ids(Vec::new()),
+            Some(PromptItem::Id(id)) => Prompt::Ids(rest(id, &mut seq)?),
+            Some(PromptItem::Text(text)) => Prompt::Texts(rest(text, &mut seq)?),
+            Some(PromptItem::Ids(ids)) => Prompt::IdLists(rest(ids, &mut seq)?),
+        })
+    }
+}
+
+/// The first element of a `prompt` array.
+enum PromptItem {
+    Id(i64),
+    Text(String),
+    Ids(Vec<i64>),
+}
+
+impl<'de> Deserialize<'de> for PromptItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+        impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+            type Value = PromptItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token id, a string or an array of token ids")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PromptItem, E> {
+                Ok(PromptItem::Id(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PromptItem, E> {
+                i64::try_from(v)
+                    .map(PromptItem::Id)
+                    .map_err(|_| E::custom(format!("token id {v} is out of range")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PromptItem, E> {
+                Ok(PromptItem::Text(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PromptItem, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element()? {
+                    ids.push(id);
+                }
+                Ok(PromptItem::Ids(ids))
+            }
+        }
+        d.deserialize_any(ItemVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -591,6 +678,7 @@ async fn generate(
             arrival,
             arrival_mono_ns: s.clock.ns(arrival),
             prompt_tokens: job.prompt.len(),
+            first_prompt_token: job.prompt.first().copied(),
         },
     );
     let wire = Wire::new(endpoint, index, s.created, &job.model);
@@ -840,5 +928,35 @@ impl TokenStream {
         self.rec.chunk(n, due, Instant::now());
         self.rec.finish("done");
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(json: &str) -> Result<Prompt, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn prompt_shapes() {
+        assert!(matches!(prompt(r#""a b""#), Ok(Prompt::Text(t)) if t == "a b"));
+        assert!(matches!(prompt("[5, 6, 7]"), Ok(Prompt::Ids(v)) if v == [5, 6, 7]));
+        assert!(matches!(prompt("[]"), Ok(Prompt::Ids(v)) if v.is_empty()));
+        assert!(matches!(prompt(r#"["a", "b"]"#), Ok(Prompt::Texts(v)) if v == ["a", "b"]));
+        assert!(
+            matches!(prompt("[[1, 2], [3]]"), Ok(Prompt::IdLists(v)) if v == [vec![1, 2], vec![3]])
+        );
+        for bad in [
+            "[1, \"a\"]",
+            "[\"a\", 1]",
+            "{}",
+            "7",
+            "[1.5]",
+            "[18446744073709551615]",
+        ] {
+            assert!(prompt(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -29,6 +29,11 @@ pub struct TimingRecord {
     pub stream: bool,
     pub arrival_mono_ns: u64,
     pub prompt_tokens: usize,
+    /// The prompt's first token id: tells the requests of a client that sends unique prompts apart, so
+    /// that its records can be matched with these one by one. `None` for an empty prompt (and in logs
+    /// written before it was recorded).
+    #[serde(default)]
+    pub first_prompt_token: Option<u32>,
     /// Output tokens sent to the client.
     pub completion_tokens: usize,
     /// `done`, `cut` (`--cut-stream-after`), `shutdown`, or `disconnected` (the client went away).
@@ -177,6 +182,7 @@ pub struct RecordHead {
     pub arrival: Instant,
     pub arrival_mono_ns: u64,
     pub prompt_tokens: usize,
+    pub first_prompt_token: Option<u32>,
 }
 
 impl Recorder {
@@ -190,6 +196,7 @@ impl Recorder {
                 stream: head.stream,
                 arrival_mono_ns: head.arrival_mono_ns,
                 prompt_tokens: head.prompt_tokens,
+                first_prompt_token: head.first_prompt_token,
                 completion_tokens: 0,
                 outcome: String::new(),
                 scheduled_us: Vec::new(),
@@ -239,6 +246,7 @@ fn empty_record() -> TimingRecord {
         stream: false,
         arrival_mono_ns: 0,
         prompt_tokens: 0,
+        first_prompt_token: None,
         completion_tokens: 0,
         outcome: String::new(),
         scheduled_us: Vec::new(),
@@ -273,6 +281,7 @@ mod tests {
             arrival: t0,
             arrival_mono_ns: 5,
             prompt_tokens: 3,
+            first_prompt_token: Some(request as u32 + 100),
         };
         let mut r = Recorder::new(Some(log.sender()), head(0));
         r.chunk(
@@ -295,6 +304,7 @@ mod tests {
         assert_eq!(a.scheduled_us, vec![10_000, 20_000]);
         assert_eq!(a.sent_us, vec![10_300, 20_100]);
         assert_eq!((a.lateness_p50_us, a.lateness_max_us), (100, 300));
+        assert_eq!(a.first_prompt_token, Some(100));
         assert_eq!(records[1].outcome, "disconnected");
     }
 

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use record::{ErrorKind, RequestRecord};
+pub use record::{ErrorKind, RecordSink, RequestRecord};
 
 use crate::experiment::load::{LoadSpec, Slo};
 
@@ -63,18 +63,38 @@ pub struct TokenCheck {
 /// The client's own health during a load point: if it read chunks late, the numbers may be distorted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClientCheck {
-    /// Scheduling lag of the client's runtime (how late a timer or read wake-up ran), ms; `None` when
-    /// the lag monitor took no sample.
+    /// Scheduling lag of the client's runtime (how late a timer wake-up ran), ms; `None` when the lag
+    /// monitor took no sample.
     pub lag_ms_p50: Option<f64>,
     pub lag_ms_p99: Option<f64>,
     pub lag_ms_max: Option<f64>,
+    /// Read lag: how long received response bytes waited in the kernel before the client read them
+    /// (the kernel's receive timestamp to the read), ms, over every read of the measured phase; `None`
+    /// where the kernel gives no timestamps (and in results from before it was measured).
+    #[serde(default)]
+    pub read_lag_ms_p50: Option<f64>,
+    #[serde(default)]
+    pub read_lag_ms_p99: Option<f64>,
+    #[serde(default)]
+    pub read_lag_ms_max: Option<f64>,
     /// Most requests in flight at once (proves the offered load).
     pub peak_inflight: u32,
-    /// True when lag was high enough that TTFT/ITL may be inflated by the client; flagged in the report.
+    /// True when either lag was high enough that TTFT/ITL may be inflated by the client; flagged in
+    /// the report.
     pub saturated: bool,
-    /// CPU time (user + system) the client process used during the point, seconds.
+    /// CPU time (user + system) of the whole client process during the measured phase, seconds.
     #[serde(default)]
     pub cpu_s: f64,
+    /// With `connections = "warm"`: connections open before the measured phase started, and how long
+    /// opening them took (ms). `None` with cold connections (and in older results).
+    #[serde(default)]
+    pub connections_warm: Option<u32>,
+    #[serde(default)]
+    pub connect_ms: Option<f64>,
+    /// The point's time origin (0 ms in `requests.jsonl`) on the system's monotonic clock, ns: lines the
+    /// records up with other logs of the same machine (an engine's timing log, telemetry).
+    #[serde(default)]
+    pub t0_mono_ns: Option<u64>,
 }
 
 /// One load point's figures. Figures that may be unmeasured are `Option`s (see the module's invariants);
@@ -125,6 +145,10 @@ pub struct Summary {
 
     pub input_tokens: TokenCheck,
     pub output_tokens: TokenCheck,
+    /// Measured requests that had to open a connection (their latency includes a TCP connect); `None`
+    /// in results from before it was counted.
+    #[serde(default)]
+    pub new_connections: Option<u64>,
     pub client: ClientCheck,
 }
 
@@ -214,40 +238,55 @@ impl Dist {
 impl TokenCheck {
     /// Compares each reported count with `expected`; `None` (no `usage`) counts as unknown.
     pub fn of(expected: u32, reported: impl IntoIterator<Item = Option<u32>>) -> TokenCheck {
-        let mut check = TokenCheck {
-            expected,
-            ..TokenCheck::default()
-        };
-        let mut sum = 0u64;
+        let mut tally = TokenTally::new(expected);
         for r in reported {
-            match r {
-                None => check.unknown += 1,
-                Some(n) => {
-                    if n == expected {
-                        check.exact += 1;
-                    } else {
-                        check.mismatched += 1;
-                    }
-                    sum += u64::from(n);
-                    check.min = Some(check.min.map_or(n, |m| m.min(n)));
-                    check.max = Some(check.max.map_or(n, |m| m.max(n)));
-                }
-            }
+            tally.add(r);
         }
-        let known = check.exact + check.mismatched;
-        check.mean = (known > 0).then(|| sum as f64 / known as f64);
-        check
+        tally.finish()
     }
 }
 
-/// The measured phase, ms on the point's clock: from the first measured request's intended send to the
-/// last measured request's end (the interval every throughput divides by; telemetry summarizes the same
-/// one). `None` without measured requests.
-pub fn measured_span(records: &[RequestRecord]) -> Option<(f64, f64)> {
-    let measured = records.iter().filter(|r| !r.warmup);
-    let start = measured.clone().map(|r| r.intended_ms).reduce(f64::min)?;
-    let end = measured.map(|r| r.end_ms).reduce(f64::max)?;
-    Some((start, end))
+/// A [`TokenCheck`] built one count at a time.
+#[derive(Debug, Clone)]
+struct TokenTally {
+    check: TokenCheck,
+    sum: u64,
+}
+
+impl TokenTally {
+    fn new(expected: u32) -> TokenTally {
+        TokenTally {
+            check: TokenCheck {
+                expected,
+                ..TokenCheck::default()
+            },
+            sum: 0,
+        }
+    }
+
+    fn add(&mut self, reported: Option<u32>) {
+        let check = &mut self.check;
+        match reported {
+            None => check.unknown += 1,
+            Some(n) => {
+                if n == check.expected {
+                    check.exact += 1;
+                } else {
+                    check.mismatched += 1;
+                }
+                self.sum += u64::from(n);
+                check.min = Some(check.min.map_or(n, |m| m.min(n)));
+                check.max = Some(check.max.map_or(n, |m| m.max(n)));
+            }
+        }
+    }
+
+    fn finish(self) -> TokenCheck {
+        let mut check = self.check;
+        let known = check.exact + check.mismatched;
+        check.mean = (known > 0).then(|| self.sum as f64 / known as f64);
+        check
+    }
 }
 
 /// Summarises one load point. Warm-up records are ignored; latency statistics and token checks cover
@@ -259,89 +298,162 @@ pub fn measured_span(records: &[RequestRecord]) -> Option<(f64, f64)> {
 ///   the client sent is not the server's measurement and is not used.
 /// - TPOT (hence Decode TPS): the server's output count, more than one token.
 /// - Output and total tokens/s: the server's counts for every successful request.
+///
+/// The same as feeding every record to an [`Accumulator`], in any order.
 pub fn summarize(records: &[RequestRecord], spec: &LoadSpec, client: ClientCheck) -> Summary {
-    let measured: Vec<&RequestRecord> = records.iter().filter(|r| !r.warmup).collect();
-    let ok: Vec<&RequestRecord> = measured.iter().copied().filter(|r| r.ok()).collect();
+    let mut acc = Accumulator::new(spec);
+    for r in records {
+        acc.add(r);
+    }
+    acc.finish(client)
+}
 
-    let mut errors = BTreeMap::new();
-    for kind in measured.iter().filter_map(|r| r.error.as_deref()) {
-        *errors.entry(kind.to_string()).or_insert(0u64) += 1;
+/// A load point's summary built one record at a time, as requests finish, so that a point's records
+/// need not be held in memory: it keeps only what the summary needs (a few numbers per request, and
+/// every inter-token gap, 8 bytes each, for exact percentiles). Every statistic is independent of the
+/// order records arrive in, so the result equals [`summarize`] over the same records.
+#[derive(Debug, Clone)]
+pub struct Accumulator {
+    slo: Slo,
+    requests: u64,
+    succeeded: u64,
+    errors: BTreeMap<String, u64>,
+    start: f64,
+    end: f64,
+    ttft: Vec<f64>,
+    tpot: Vec<f64>,
+    itl: Vec<f64>,
+    e2e: Vec<f64>,
+    queue: Vec<f64>,
+    prefill: Vec<f64>,
+    /// `None` as soon as one successful request lacks the server's count.
+    output_sum: Option<u64>,
+    input_sum: Option<u64>,
+    slo_met: u64,
+    input_tokens: TokenTally,
+    output_tokens: TokenTally,
+    new_connections: u64,
+}
+
+impl Accumulator {
+    pub fn new(spec: &LoadSpec) -> Accumulator {
+        Accumulator {
+            slo: spec.slo.clone(),
+            requests: 0,
+            succeeded: 0,
+            errors: BTreeMap::new(),
+            start: f64::INFINITY,
+            end: f64::NEG_INFINITY,
+            ttft: Vec::new(),
+            tpot: Vec::new(),
+            itl: Vec::new(),
+            e2e: Vec::new(),
+            queue: Vec::new(),
+            prefill: Vec::new(),
+            output_sum: Some(0),
+            input_sum: Some(0),
+            slo_met: 0,
+            input_tokens: TokenTally::new(spec.input_tokens),
+            output_tokens: TokenTally::new(spec.output_tokens),
+            new_connections: 0,
+        }
     }
 
-    let duration_s = match measured_span(records) {
-        Some((start, end)) if end > start => (end - start) / 1000.0,
-        _ => 0.0,
-    };
-    let per_s = |x: f64| (duration_s > 0.0).then(|| x / duration_s);
+    /// Takes one record into account (warm-up records are ignored).
+    pub fn add(&mut self, r: &RequestRecord) {
+        if r.warmup {
+            return;
+        }
+        self.requests += 1;
+        self.start = self.start.min(r.intended_ms);
+        self.end = self.end.max(r.end_ms);
+        self.queue.push(r.sent_ms - r.intended_ms);
+        self.new_connections += u64::from(r.new_connection);
+        if let Some(kind) = r.error.as_deref() {
+            *self.errors.entry(kind.to_string()).or_insert(0) += 1;
+            return;
+        }
+        self.succeeded += 1;
+        self.ttft.extend(r.ttft_ms);
+        self.tpot.extend(r.tpot_ms());
+        self.itl.extend(r.itl_ms());
+        self.e2e.extend(r.e2e_ms);
+        // Prompt TPS as the seed computes it: input tokens / TTFT per request, then averaged.
+        if let (Some(n), Some(t)) = (r.prompt_tokens, r.ttft_ms)
+            && t > 0.0
+        {
+            self.prefill.push(f64::from(n) / (t / 1000.0));
+        }
+        let add = |sum: Option<u64>, n: Option<u32>| Some(sum? + u64::from(n?));
+        self.output_sum = add(self.output_sum, r.completion_tokens);
+        self.input_sum = add(self.input_sum, r.prompt_tokens);
+        self.slo_met += u64::from(meets_slo(r, &self.slo));
+        self.input_tokens.add(r.prompt_tokens);
+        self.output_tokens.add(r.completion_tokens);
+    }
 
-    let ttft_ms = Dist::of(ok.iter().filter_map(|r| r.ttft_ms));
-    let tpot_ms = Dist::of(ok.iter().filter_map(|r| r.tpot_ms()));
-    let itl_ms = Dist::of(ok.iter().flat_map(|r| r.itl_ms()));
-    let e2e_ms = Dist::of(ok.iter().filter_map(|r| r.e2e_ms));
-    let queue_ms = Dist::of(measured.iter().map(|r| r.sent_ms - r.intended_ms));
+    /// The measured phase, ms on the point's clock: from the first measured request's intended send to
+    /// the last measured request's end (the interval every throughput divides by; telemetry summarizes
+    /// the same one). `None` before a measured record was added.
+    pub fn span(&self) -> Option<(f64, f64)> {
+        (self.requests > 0).then_some((self.start, self.end))
+    }
 
-    // Prompt TPS as the seed computes it: input tokens / TTFT per request, then averaged.
-    let prefill = ok
-        .iter()
-        .filter_map(|r| match (r.prompt_tokens, r.ttft_ms) {
-            (Some(n), Some(t)) if t > 0.0 => Some(f64::from(n) / (t / 1000.0)),
-            _ => None,
-        });
-    let prompt_tps = Dist::mean_of(&Dist::of(prefill));
-    let decode_tps = Dist::mean_of(&tpot_ms)
-        .filter(|m| *m > 0.0)
-        .map(|m| 1000.0 / m);
-
-    // `None` as soon as one successful request lacks the server's count.
-    let total = |count: fn(&RequestRecord) -> Option<u32>| -> Option<u64> {
-        ok.iter().map(|r| count(r).map(u64::from)).sum()
-    };
-    let output = total(|r| r.completion_tokens);
-    let input = total(|r| r.prompt_tokens);
-
-    Summary {
-        requests: measured.len() as u64,
-        succeeded: ok.len() as u64,
-        failed: (measured.len() - ok.len()) as u64,
-        errors,
-        duration_s,
-        qps: per_s(ok.len() as f64),
-        prompt_tps,
-        decode_tps,
-        ttft_ms,
-        tpot_ms,
-        itl_ms,
-        e2e_ms,
-        queue_ms,
-        output_tokens_per_s: output.and_then(|n| per_s(n as f64)),
-        total_tokens_per_s: input.zip(output).and_then(|(i, o)| per_s((i + o) as f64)),
-        goodput_rps: goodput(&ok, &spec.slo).and_then(|n| per_s(n as f64)),
-        input_tokens: TokenCheck::of(spec.input_tokens, ok.iter().map(|r| r.prompt_tokens)),
-        output_tokens: TokenCheck::of(spec.output_tokens, ok.iter().map(|r| r.completion_tokens)),
-        client,
+    /// The summary of every record added, with the client's self-check.
+    pub fn finish(self, client: ClientCheck) -> Summary {
+        let duration_s = if self.end > self.start {
+            (self.end - self.start) / 1000.0
+        } else {
+            0.0
+        };
+        let per_s = |x: f64| (duration_s > 0.0).then(|| x / duration_s);
+        let tpot_ms = Dist::of(self.tpot);
+        let decode_tps = Dist::mean_of(&tpot_ms)
+            .filter(|m| *m > 0.0)
+            .map(|m| 1000.0 / m);
+        let slo_set = self.slo.ttft.is_some() || self.slo.tpot.is_some() || self.slo.e2e.is_some();
+        let (input, output) = (self.input_sum, self.output_sum);
+        Summary {
+            requests: self.requests,
+            succeeded: self.succeeded,
+            failed: self.requests - self.succeeded,
+            errors: self.errors,
+            duration_s,
+            qps: per_s(self.succeeded as f64),
+            prompt_tps: Dist::mean_of(&Dist::of(self.prefill)),
+            decode_tps,
+            ttft_ms: Dist::of(self.ttft),
+            tpot_ms,
+            itl_ms: Dist::of(self.itl),
+            e2e_ms: Dist::of(self.e2e),
+            queue_ms: Dist::of(self.queue),
+            output_tokens_per_s: output.and_then(|n| per_s(n as f64)),
+            total_tokens_per_s: input.zip(output).and_then(|(i, o)| per_s((i + o) as f64)),
+            // Requests meeting every SLO that is set; `None` when no SLO is set.
+            goodput_rps: if slo_set {
+                per_s(self.slo_met as f64)
+            } else {
+                None
+            },
+            input_tokens: self.input_tokens.finish(),
+            output_tokens: self.output_tokens.finish(),
+            new_connections: Some(self.new_connections),
+            client,
+        }
     }
 }
 
-/// Successful requests meeting every SLO that is set; `None` when no SLO is set. As in vLLM, a request
-/// with a single output token has TPOT 0 for this purpose.
-fn goodput(ok: &[&RequestRecord], slo: &Slo) -> Option<u64> {
-    if slo.ttft.is_none() && slo.tpot.is_none() && slo.e2e.is_none() {
-        return None;
-    }
+/// Whether a successful request meets every SLO that is set. As in vLLM, a request with a single output
+/// token has TPOT 0 for this purpose.
+fn meets_slo(r: &RequestRecord, slo: &Slo) -> bool {
     let within = |limit: Option<std::time::Duration>, value: Option<f64>| match (limit, value) {
         (None, _) => true,
         (Some(limit), Some(v)) => v <= limit.as_secs_f64() * 1000.0,
         (Some(_), None) => false,
     };
-    let met = ok
-        .iter()
-        .filter(|r| {
-            within(slo.ttft, r.ttft_ms)
-                && within(slo.tpot, Some(r.tpot_ms().unwrap_or(0.0)))
-                && within(slo.e2e, r.e2e_ms)
-        })
-        .count();
-    Some(met as u64)
+    within(slo.ttft, r.ttft_ms)
+        && within(slo.tpot, Some(r.tpot_ms().unwrap_or(0.0)))
+        && within(slo.e2e, r.e2e_ms)
 }
 
 #[cfg(test)]
@@ -369,6 +481,7 @@ mod tests {
                 id_range: [100, 1000],
             },
             save_prompts: false,
+            connections: Default::default(),
         }
     }
 

@@ -91,6 +91,25 @@ pub struct RequestRecord {
     /// it answered (the server never saw those attempts).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// The request had to open a connection (none was idle, or the server had closed the idle one), so
+    /// its latency includes a TCP connect. Never set when connections were opened before the measured
+    /// phase and the server kept them; absent from the line when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_connection: bool,
+}
+
+/// Where a load point's records go, one by one, as requests finish (the store's `requests.jsonl`
+/// writer, or memory in tests). Called from one thread, never from a request's task.
+pub trait RecordSink: Send + 'static {
+    fn write(&mut self, record: RequestRecord) -> std::io::Result<()>;
+}
+
+/// Keeps every record in memory, in the order they finished.
+impl RecordSink for Vec<RequestRecord> {
+    fn write(&mut self, record: RequestRecord) -> std::io::Result<()> {
+        self.push(record);
+        Ok(())
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -35,8 +35,6 @@ pub use source::{Availability, DeviceInfo, GpuSource, SourceKind, availability};
 pub use summary::{EnergyMethod, GpuFigures, GpuTelemetry};
 pub use timeline::{MetricsEndpoint, ServerSample, ServerTimeline};
 
-use crate::stats::RequestRecord;
-
 /// One GPU at one instant: a line of `gpu.jsonl`. A field the source could not read is absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -178,9 +176,9 @@ impl Window {
     }
 
     /// Stops sampling and summarizes the measured phase of a load point: the instant its records' times
-    /// count from, and its records (nothing to summarize without them: the point failed or was
-    /// interrupted).
-    pub async fn finish(self, point: Option<(Instant, &[RequestRecord])>) -> Recorded {
+    /// count from, and the measured phase on that clock (ms; see `stats::Accumulator::span`). Nothing to
+    /// summarize without a point (it failed or was interrupted) or without a measured request.
+    pub async fn finish(self, point: Option<(Instant, Option<(f64, f64)>)>) -> Recorded {
         let gpu_run = match self.gpu {
             Ok((stop, thread)) => {
                 let _ = stop.send(());
@@ -195,14 +193,13 @@ impl Window {
             Some(sampler) => Some(sampler.finish().await),
             None => None,
         };
-        let Some((t0, records)) = point else {
+        let Some((t0, span)) = point else {
             return Recorded::default();
         };
         let on_clock = |at: Instant| match at.checked_duration_since(t0) {
             Some(d) => d.as_secs_f64() * 1000.0,
             None => -(t0.duration_since(at).as_secs_f64() * 1000.0),
         };
-        let span = crate::stats::measured_span(records);
         let mut recorded = Recorded::default();
         let t = &mut recorded.telemetry;
 
@@ -297,13 +294,9 @@ mod tests {
         }
     }
 
-    fn records(end_ms: f64) -> Vec<RequestRecord> {
-        vec![RequestRecord {
-            intended_ms: 0.0,
-            sent_ms: 0.0,
-            end_ms,
-            ..Default::default()
-        }]
+    /// A measured phase from the point's start to `end_ms`.
+    fn span(end_ms: f64) -> Option<(f64, f64)> {
+        Some((0.0, end_ms))
     }
 
     #[tokio::test]
@@ -328,7 +321,7 @@ mod tests {
         });
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_millis(900)).await;
-        let rec = window.finish(Some((t0, &records(800.0)))).await;
+        let rec = window.finish(Some((t0, span(800.0)))).await;
         let gpu = rec.telemetry.gpu.expect("telemetry from the fake");
         assert_eq!(gpu.source, SourceKind::Fake);
         assert!(rec.gpu_samples.len() >= 4, "{}", rec.gpu_samples.len());
@@ -349,7 +342,7 @@ mod tests {
         };
         let window = Window::start_with(&subject, |_| Err("no NVML and no nvidia-smi".into()));
         let t0 = Instant::now();
-        let rec = window.finish(Some((t0, &records(10.0)))).await;
+        let rec = window.finish(Some((t0, span(10.0)))).await;
         let t = &rec.telemetry;
         assert!(t.gpu.is_none());
         assert_eq!(t.gpu_note.as_deref(), Some("no NVML and no nvidia-smi"));
