@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use runner::experiment::{self, Experiment};
-use runner::plan::{self, Plan};
+use runner::plan::{self, CellPlan, Plan, ServerPlan};
 use runner::report;
 use runner::store::{CellFailure, CellResult, Store};
 
@@ -1253,14 +1253,12 @@ timeout = "30s"
     assert_eq!(svg.matches("<circle").count(), 0, "{svg}");
 }
 
-/// The demo's shape: each model × precision sets its own simulated speeds through `[[matrix.include]]`.
-/// Results are written for every planned cell (from one stored demo result, scaled per precision so the
-/// two precisions differ); no server runs.
-fn demo_campaign() -> Campaign {
-    let text =
-        std::fs::read_to_string(crate::common::repo().join("experiments/demo.toml")).unwrap();
-    let empty = tempfile::tempdir().unwrap();
-    let campaign = Campaign::of(&text, "results/demo", empty.path());
+/// Writes a result for every planned cell of `campaign`: the schema-1 demo result relabelled as the cell,
+/// then changed by `adjust` (no server runs).
+fn fill_from_demo_result(
+    campaign: &Campaign,
+    adjust: impl Fn(&ServerPlan, &CellPlan, &mut CellResult),
+) {
     let template =
         std::fs::read_to_string(schema1_dir().join("demo/cells/demo-14b/fp8/sim/c1/result.json"))
             .unwrap();
@@ -1277,16 +1275,7 @@ fn demo_campaign() -> Campaign {
                 .cell_vars(cell)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            // NVFP4 measured 25 % more output throughput than FP8 at every point.
-            let speed = if server.precision == "nvfp4" {
-                1.25
-            } else {
-                1.0
-            };
-            let s = &mut result.summary;
-            s.output_tokens_per_s = s
-                .output_tokens_per_s
-                .map(|x| x * speed * f64::from(cell.load.concurrency));
+            adjust(server, cell, &mut result);
             let dir = campaign.store.cell_dir(cell);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(
@@ -1296,6 +1285,28 @@ fn demo_campaign() -> Campaign {
             .unwrap();
         }
     }
+}
+
+/// The demo's shape: each model × precision sets its own simulated speeds through `[[matrix.include]]`.
+/// Results are written for every planned cell (from one stored demo result, scaled per precision so the
+/// two precisions differ); no server runs.
+fn demo_campaign() -> Campaign {
+    let text =
+        std::fs::read_to_string(crate::common::repo().join("experiments/demo.toml")).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let campaign = Campaign::of(&text, "results/demo", empty.path());
+    fill_from_demo_result(&campaign, |server, cell, result| {
+        // NVFP4 measured 25 % more output throughput than FP8 at every point.
+        let speed = if server.precision == "nvfp4" {
+            1.25
+        } else {
+            1.0
+        };
+        let s = &mut result.summary;
+        s.output_tokens_per_s = s
+            .output_tokens_per_s
+            .map(|x| x * speed * f64::from(cell.load.concurrency));
+    });
     campaign
 }
 
@@ -1389,26 +1400,7 @@ kv_cache_dtype = "fp8_e5m2"
 "#;
     let empty = tempfile::tempdir().unwrap();
     let campaign = Campaign::of(text, "results/two", empty.path());
-    let template =
-        std::fs::read_to_string(schema1_dir().join("demo/cells/demo-14b/fp8/sim/c1/result.json"))
-            .unwrap();
-    for server in &campaign.plan.servers {
-        for cell in &server.points {
-            let mut result: CellResult = serde_json::from_str(&template).unwrap();
-            result.id = cell.id.clone();
-            result.hash = cell.hash.clone();
-            result.model = server.model.clone();
-            result.precision = server.precision.clone();
-            result.engine = server.engine.clone();
-            let dir = campaign.store.cell_dir(cell);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(
-                dir.join("result.json"),
-                serde_json::to_string(&result).unwrap(),
-            )
-            .unwrap();
-        }
-    }
+    fill_from_demo_result(&campaign, |_, _, _| {});
     let md = campaign.summary();
     assert!(md.contains("## 3D) 引擎对比（比值）"), "{md}");
     let ours = tables(&md);
