@@ -50,19 +50,10 @@ pub fn json(path: &Path) -> serde_json::Value {
 
 /// Every `server.json` under `results`.
 pub fn server_records(results: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let mut stack = vec![results.join("servers")];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "server.json") {
-                out.push(json(&p));
-            }
-        }
-    }
-    out
+    crate::common::files_named(&results.join("servers"), "server.json")
+        .iter()
+        .map(|p| json(p))
+        .collect()
 }
 
 /// Each record's life as (start, end) in seconds (the records' timestamps have second resolution).
@@ -407,18 +398,13 @@ fn gpus_all_asks_nvidia_smi_and_a_host_without_one_is_refused_before_anything_st
         "nothing started"
     );
     // A host whose nvidia-smi lists two GPUs: two slots.
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(
-        repo().join("tests/fixtures/fake-nvidia-smi"),
-        bin.join("nvidia-smi"),
-    )
-    .unwrap();
-    std::fs::write(
-        bin.join("gpus"),
-        "NVIDIA H100, 81559 MiB, 580.1, Disabled\nNVIDIA H100, 81559 MiB, 580.1, Disabled\n",
-    )
-    .unwrap();
+    let bin = crate::common::fake_gpu_host(
+        &dir,
+        &[(
+            "gpus",
+            "NVIDIA H100, 81559 MiB, 580.1, Disabled\nNVIDIA H100, 81559 MiB, 580.1, Disabled\n",
+        )],
+    );
     let path = format!("{}:/usr/bin:/bin", bin.display());
     let out = std::process::Command::new(crate::common::runner_bin())
         .args(["four.toml"])

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{run_in, runner_bin, text};
+use crate::common::{files_named, run_in, runner_bin, text};
 
 /// A small experiment: one model, two precisions (two servers), two load points each.
 fn experiment(slow: bool, shell: bool) -> String {
@@ -68,20 +68,7 @@ fn results(dir: &Path) -> PathBuf {
 }
 
 fn result_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![results(dir).join("cells")];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "result.json") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    files_named(&results(dir).join("cells"), "result.json")
 }
 
 fn csv_rows(dir: &Path) -> usize {
@@ -144,19 +131,7 @@ fn group_members(pgid: i32) -> Vec<i32> {
 
 /// Every pid file in the results directory (one per server configuration that runs now).
 fn pid_paths(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![results(dir)];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "runner.pid") {
-                out.push(p);
-            }
-        }
-    }
-    out
+    files_named(&results(dir), "runner.pid")
 }
 
 fn pid_file(dir: &Path) -> serde_json::Value {

@@ -68,23 +68,6 @@ fn runner(dir: &Path, args: &[&str], token: &str) -> Output {
         .expect("runner starts")
 }
 
-/// Every file under `root`, recursively.
-fn files(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 fn assert_no_secret(what: &str, content: &str) {
     for secret in [TOKEN, API_KEY] {
         assert!(
@@ -122,7 +105,7 @@ fn no_secret_reaches_any_output_or_result_file() {
     );
 
     let results = dir.join("results/secrets");
-    let all = files(&results);
+    let all = crate::common::files_under(&results, |_| true);
     assert!(
         all.iter().filter(|p| p.ends_with("result.json")).count() == 2,
         "both servers measured (the key was sent): {all:?}"

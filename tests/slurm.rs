@@ -81,22 +81,17 @@ fn queued() -> Vec<String> {
 }
 
 fn job_ids(results: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![results.join("servers")];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "job.json") {
-                let job = json(&p);
-                out.push((
+    let mut out: Vec<(String, String)> =
+        crate::common::files_named(&results.join("servers"), "job.json")
+            .iter()
+            .map(|p| {
+                let job = json(p);
+                (
                     job["server_id"].as_str().unwrap().to_string(),
                     job["job_id"].as_str().unwrap().to_string(),
-                ));
-            }
-        }
-    }
+                )
+            })
+            .collect();
     out.sort();
     out
 }

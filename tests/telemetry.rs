@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{repo, runner_bin, text};
+use crate::common::{runner_bin, text};
 
 /// One model at one concurrency on the simulated engine, whose KV cache holds two sequences at a time
 /// (64 + 32 tokens = 6 blocks of 16; 224 tokens = 14 blocks), so half of the four streams wait.
@@ -38,21 +38,17 @@ kwh = 0.5
 
 /// A fake GPU host: `bin/nvidia-smi` prints one GPU at 200 W.
 fn fake_gpu_host(dir: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(
-        repo().join("tests/fixtures/fake-nvidia-smi"),
-        bin.join("nvidia-smi"),
+    crate::common::fake_gpu_host(
+        dir,
+        &[
+            (
+                "lms",
+                "TS, 0, GPU-0000-fake, 200.00, 90, 30000, 81559, 1980, 61, 0x0000000000000004\n",
+            ),
+            ("mem", "30000\n"),
+            ("apps", ""),
+        ],
     )
-    .unwrap();
-    std::fs::write(
-        bin.join("lms"),
-        "TS, 0, GPU-0000-fake, 200.00, 90, 30000, 81559, 1980, 61, 0x0000000000000004\n",
-    )
-    .unwrap();
-    std::fs::write(bin.join("mem"), "30000\n").unwrap();
-    std::fs::write(bin.join("apps"), "").unwrap();
-    bin
 }
 
 fn run(dir: &Path, bin: &Path, telemetry: &str) -> std::process::Output {

@@ -28,3 +28,42 @@ pub fn repo() -> PathBuf {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// Every file under `root` (recursively) for which `keep` says yes, sorted.
+pub fn files_under(root: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if keep(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every file called `name` under `root`, sorted.
+pub fn files_named(root: &Path, name: &str) -> Vec<PathBuf> {
+    files_under(root, |p| p.file_name().is_some_and(|n| n == name))
+}
+
+/// A fake GPU host: `dir/bin/nvidia-smi` is the fixture fake, answering from the `files` written next to
+/// it (see tests/fixtures/fake-nvidia-smi: `gpus`, `mem`, `apps`, `lms`). Returns the `bin` directory.
+pub fn fake_gpu_host(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(
+        repo().join("tests/fixtures/fake-nvidia-smi"),
+        bin.join("nvidia-smi"),
+    )
+    .unwrap();
+    for (name, text) in files {
+        std::fs::write(bin.join(name), text).unwrap();
+    }
+    bin
+}
