@@ -15,7 +15,9 @@
 //!   their place (see [`summarize`] for what each figure needs).
 //! - [`percentile`] is the project's one percentile: everything that reports one calls it.
 
+pub mod interval;
 pub mod record;
+pub mod repeats;
 
 use std::collections::BTreeMap;
 
@@ -369,6 +371,8 @@ mod tests {
                 id_range: [100, 1000],
             },
             save_prompts: false,
+            repeats: 1,
+            repeat: 1,
         }
     }
 
