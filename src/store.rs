@@ -14,12 +14,20 @@
 //!   cells/<cell id>/gpu.jsonl             GPU samples during the point (where telemetry was available)
 //!   cells/<cell id>/server_metrics.jsonl  the server's gauges, scraped every second during the point
 //!   cells/<cell id>/failure.json          why a cell failed (replaced by result.json once it succeeds)
+//!   cells/<cell id>/repeats/<k>/          one measurement of a cell with `repeats` ≥ 2: repeat.json (its
+//!                                         summary, the repeat's commit point), requests.jsonl (each line
+//!                                         tagged with `repeat`), gpu.jsonl, server_metrics.jsonl, prompts
 //!   cells.csv                             one row per finished cell, stable columns
 //!   report/                               summary, per-model records, charts
 //! ```
 //!
 //! Every file is written to a temporary file in the same directory and renamed into place, so a crash
 //! leaves either the old file or the new one, never half of one.
+//!
+//! A cell measured several times commits each repeat as it finishes (a crash keeps every finished
+//! repeat) and `result.json` once all are there. Its directory holds what its `result.json` describes:
+//! storing a cell's first new repeat removes the result it replaces, and committing removes repeats
+//! beyond the cell's count and the records of an earlier single measurement.
 //!
 //! The store survives its own history: every record carries a [`Schema`] version, fields added after the
 //! first version have serde defaults, and what an older version wrote differently is translated on
@@ -63,6 +71,8 @@ pub const REQUESTS_FILE: &str = "requests.jsonl";
 pub const PROMPTS_FILE: &str = "prompts.jsonl";
 pub const GPU_FILE: &str = "gpu.jsonl";
 pub const SERVER_METRICS_FILE: &str = "server_metrics.jsonl";
+pub const REPEAT_FILE: &str = "repeat.json";
+pub const REPEATS_DIR: &str = "repeats";
 
 impl Store {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -183,6 +193,41 @@ pub struct CellResult {
     /// Local time with offset, RFC 3339.
     pub started_at: String,
     pub finished_at: String,
+    /// With `repeats` ≥ 2: every repeat's own measurement, in repeat order; `summary`, `server_metrics`
+    /// and `telemetry` above then combine them (see [`crate::repeat`]). Absent for a cell measured once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<RepeatResult>,
+}
+
+/// One measurement of a cell measured several times, stored as `cells/<cell id>/repeats/<k>/repeat.json`
+/// (its commit point) and copied into the cell's `result.json` once every repeat is there.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RepeatResult {
+    #[serde(default = "Schema::unversioned")]
+    pub schema: Schema,
+    /// Which repeat, from 1.
+    pub repeat: u32,
+    /// The repeat's own settings hash (see [`crate::plan::ServerPlan::repeat_of`]): a stored repeat
+    /// counts for a cell exactly when it matches.
+    pub hash: String,
+    pub summary: crate::stats::Summary,
+    #[serde(default)]
+    pub server_metrics: crate::scrape::ServerMetrics,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::Telemetry,
+    /// The server command as run (secrets redacted) and the engine's version, as for a cell.
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+/// Where repeat `k` of a cell keeps its files, written like a cell id (`<cell id>/repeats/<k>`), so that
+/// the per-cell writers ([`Store::write_prompts`], [`Store::write_telemetry`]) serve repeats too.
+pub fn repeat_id(cell_id: &str, k: u32) -> String {
+    format!("{cell_id}/{REPEATS_DIR}/{k}")
 }
 
 /// Reads a `result.json`, translating what an older schema meant into today's types.
@@ -517,6 +562,107 @@ pub struct Unreadable {
 impl std::fmt::Display for Unreadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.path.display(), self.error)
+    }
+}
+
+/// Removes a file that may not exist.
+fn remove_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Store {
+    /// Stores one finished repeat of a cell: its requests, each line tagged with the repeat's number,
+    /// then `repeat.json`, the repeat's commit point; its prompts and telemetry samples go first, through
+    /// the per-cell writers with [`repeat_id`]. A result the cell had is removed with its top-level
+    /// records: the repeats now being stored replace it (the cell is pending until they are complete).
+    pub fn write_repeat<R: Serialize>(
+        &self,
+        cell_id: &str,
+        repeat: &RepeatResult,
+        requests: &[R],
+    ) -> std::io::Result<()> {
+        #[derive(Serialize)]
+        struct Tagged<'a, R> {
+            repeat: u32,
+            #[serde(flatten)]
+            record: &'a R,
+        }
+        let cell = self.root.join("cells").join(id_path(cell_id));
+        let dir = self
+            .root
+            .join("cells")
+            .join(id_path(&repeat_id(cell_id, repeat.repeat)));
+        let tagged: Vec<Tagged<R>> = requests
+            .iter()
+            .map(|record| Tagged {
+                repeat: repeat.repeat,
+                record,
+            })
+            .collect();
+        write_jsonl(&dir.join(REQUESTS_FILE), &tagged)?;
+        write_json(&dir.join(REPEAT_FILE), repeat)?;
+        for file in [
+            RESULT_FILE,
+            REQUESTS_FILE,
+            PROMPTS_FILE,
+            GPU_FILE,
+            SERVER_METRICS_FILE,
+        ] {
+            remove_file(&cell.join(file))?;
+        }
+        Ok(())
+    }
+
+    /// Repeat `k` of a cell as stored; `None` when it is missing or unreadable (it is measured again).
+    pub fn read_repeat(&self, cell_id: &str, k: u32) -> Option<RepeatResult> {
+        let path = self
+            .root
+            .join("cells")
+            .join(id_path(&repeat_id(cell_id, k)))
+            .join(REPEAT_FILE);
+        read_json(&path).ok().flatten()
+    }
+
+    /// Commits a cell measured several times once every repeat is stored: `result.json` (which carries
+    /// every repeat's summary), then removes a stale `failure.json` and stored repeats beyond the cell's
+    /// count.
+    pub fn write_repeated_cell(&self, cell: &CellResult) -> std::io::Result<()> {
+        let dir = self.root.join("cells").join(id_path(&cell.id));
+        write_json(&dir.join(RESULT_FILE), cell)?;
+        remove_file(&dir.join(FAILURE_FILE))?;
+        self.prune_repeats(
+            &cell.id,
+            u32::try_from(cell.repeats.len()).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// Removes a cell's stored repeats numbered above `keep` (all of them with 0).
+    pub fn prune_repeats(&self, cell_id: &str, keep: u32) -> std::io::Result<()> {
+        let dir = self
+            .root
+            .join("cells")
+            .join(id_path(cell_id))
+            .join(REPEATS_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(_) if keep == 0 => return std::fs::remove_dir_all(&dir),
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let number = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok());
+            if number.is_some_and(|k| k > keep) {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
     }
 }
 

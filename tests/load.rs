@@ -41,6 +41,8 @@ fn spec(concurrency: u32, requests: u32, input: u32, output: u32) -> LoadSpec {
             id_range: [100, 150_000],
         },
         save_prompts: false,
+        repeats: 1,
+        repeat: 1,
     }
 }
 

@@ -202,6 +202,8 @@ fn spec() -> LoadSpec {
             id_range: [100, 1000],
         },
         save_prompts: false,
+        repeats: 1,
+        repeat: 1,
     }
 }
 

@@ -192,6 +192,8 @@ async fn level(
             id_range: [100, 150_000],
         },
         save_prompts: false,
+        repeats: 1,
+        repeat: 1,
     };
     let target = Target {
         base_url: url,

@@ -270,6 +270,8 @@ mod tests {
             slo: Slo::default(),
             vocab,
             save_prompts: false,
+            repeats: 1,
+            repeat: 1,
         }
     }
 
