@@ -236,6 +236,17 @@ fn a_runner_killed_between_repeats_redoes_nothing_and_more_repeats_keep_the_done
         assert_eq!(result["repeats"].as_array().map(Vec::len), Some(3));
     }
 
+    // Stopped after a cell's last repeat but before its result: the rerun commits it from the stored
+    // repeats without starting a server.
+    let result = json(&cell(dir, 1).join("result.json"));
+    std::fs::remove_file(cell(dir, 1).join("result.json")).unwrap();
+    let out = run_in(dir, &["r.toml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("(stored repeats)"), "{stderr}");
+    assert!(!stderr.contains("starting on port"), "{stderr}");
+    assert_eq!(json(&cell(dir, 1).join("result.json")), result);
+
     // Back to one measurement: the cell is measured once, as without repeats, and its directory
     // holds that measurement only.
     std::fs::write(dir.join("r.toml"), experiment(1, 40, 25)).unwrap();
