@@ -722,6 +722,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_result_measured_once_keeps_its_shape() {
+        // Written before repeats existed (and by a cell measured once): no `repeats`, in and out.
+        let text = include_str!(
+            "../tests/fixtures/report/results/cells/qwen3-14b/fp8/vllm/c10/result.json"
+        );
+        let cell = parse_cell(text).unwrap();
+        assert!(cell.repeats.is_empty());
+        let json = serde_json::to_value(&cell).unwrap();
+        assert!(
+            json.get("repeats").is_none(),
+            "old readers see the same shape"
+        );
+        assert!(json["load"].get("repeats").is_none());
+    }
+
+    #[test]
     fn ids_become_safe_relative_paths() {
         assert_eq!(id_path("m/fp8/a/x=1 2").to_string_lossy(), "m/fp8/a/x=1_2");
     }

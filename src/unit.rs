@@ -413,7 +413,15 @@ async fn run_server(
             }
             (_, Some(status)) => {
                 let tail = log_tail();
-                let reason = format!("{which}the server exited during the load point ({status})");
+                // Every open cell fails with it: say which point the server died under.
+                let reason = if n > 1 {
+                    format!(
+                        "the server exited during load point {}, repeat {k}/{n} ({status})",
+                        cell.id
+                    )
+                } else {
+                    format!("the server exited during the load point ({status})")
+                };
                 reporter.line(format!("  {}: {reason}", cell.id));
                 for (j, w) in work.iter().enumerate() {
                     if states[j] == CellState::Open {
