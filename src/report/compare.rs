@@ -175,6 +175,8 @@ pub struct Comparison {
     pub b: RunInfo,
     /// Some matched cell was measured several times on both sides: its rows can say 差异不显著.
     pub repeated: bool,
+    /// Some matched cell was measured several times on one side only (no significance for it).
+    pub repeated_one_side: bool,
     /// Metric keys in column order.
     pub metrics: Vec<&'static str>,
     pub cells: Vec<CellComparison>,
@@ -338,6 +340,9 @@ pub fn compare(a: &Run, b: &Run, thresholds: &[Threshold]) -> Comparison {
         repeated: matched
             .iter()
             .any(|(x, y)| x.repeats.len() > 1 && y.repeats.len() > 1),
+        repeated_one_side: matched
+            .iter()
+            .any(|(x, y)| (x.repeats.len() > 1) != (y.repeats.len() > 1)),
         a: run_info(a),
         b: run_info(b),
         metrics: Metric::ALL.map(Metric::key).to_vec(),
