@@ -416,6 +416,7 @@ pub fn unit(req: &UnitRequest) -> anyhow::Result<i32> {
             client: &client,
             shutdown: &shutdown,
             ports: &ports,
+            force: req.force,
         };
         let reporter = crate::progress::Reporter::new(pending.len() as u64, false);
         let progress = reporter.unit(&server.id);

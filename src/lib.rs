@@ -19,6 +19,7 @@ pub mod load;
 pub mod plan;
 pub mod preflight;
 pub mod progress;
+pub mod repeat;
 pub mod report;
 pub mod run;
 pub mod scrape;

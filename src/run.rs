@@ -298,6 +298,7 @@ impl Coordinator<'_> {
             client: &client,
             shutdown: self.shutdown,
             ports: &ports,
+            force: self.policy.force,
         };
         executor::local::run(
             &ctx,

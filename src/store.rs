@@ -15,12 +15,20 @@
 //!   cells/<cell id>/gpu.jsonl             GPU samples during the point (where telemetry was available)
 //!   cells/<cell id>/server_metrics.jsonl  the server's gauges, scraped every second during the point
 //!   cells/<cell id>/failure.json          why a cell failed (replaced by result.json once it succeeds)
+//!   cells/<cell id>/repeats/<k>/          one measurement of a cell with `repeats` ≥ 2: repeat.json (its
+//!                                         summary, the repeat's commit point), requests.jsonl (each line
+//!                                         tagged with `repeat`), gpu.jsonl, server_metrics.jsonl, prompts
 //!   cells.csv                             one row per finished cell, stable columns
 //!   report/                               summary, per-model records, charts
 //! ```
 //!
 //! Every file is written to a temporary file in the same directory and renamed into place, so a crash
 //! leaves either the old file or the new one, never half of one.
+//!
+//! A cell measured several times commits each repeat as it finishes (a crash keeps every finished
+//! repeat) and `result.json` once all are there. Its directory holds what its `result.json` describes:
+//! storing a cell's first new repeat removes the result it replaces, and committing removes repeats
+//! beyond the cell's count and the records of an earlier single measurement.
 //!
 //! The store survives its own history: every record carries a [`Schema`] version, fields added after the
 //! first version have serde defaults, and what an older version wrote differently is translated on
@@ -64,6 +72,8 @@ pub const REQUESTS_FILE: &str = "requests.jsonl";
 pub const PROMPTS_FILE: &str = "prompts.jsonl";
 pub const GPU_FILE: &str = "gpu.jsonl";
 pub const SERVER_METRICS_FILE: &str = "server_metrics.jsonl";
+pub const REPEAT_FILE: &str = "repeat.json";
+pub const REPEATS_DIR: &str = "repeats";
 
 impl Store {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -184,6 +194,41 @@ pub struct CellResult {
     /// Local time with offset, RFC 3339.
     pub started_at: String,
     pub finished_at: String,
+    /// With `repeats` ≥ 2: every repeat's own measurement, in repeat order; `summary`, `server_metrics`
+    /// and `telemetry` above then combine them (see [`crate::repeat`]). Absent for a cell measured once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<RepeatResult>,
+}
+
+/// One measurement of a cell measured several times, stored as `cells/<cell id>/repeats/<k>/repeat.json`
+/// (its commit point) and copied into the cell's `result.json` once every repeat is there.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RepeatResult {
+    #[serde(default = "Schema::unversioned")]
+    pub schema: Schema,
+    /// Which repeat, from 1.
+    pub repeat: u32,
+    /// The repeat's own settings hash (see [`crate::plan::ServerPlan::repeat_of`]): a stored repeat
+    /// counts for a cell exactly when it matches.
+    pub hash: String,
+    pub summary: crate::stats::Summary,
+    #[serde(default)]
+    pub server_metrics: crate::scrape::ServerMetrics,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::Telemetry,
+    /// The server command as run (secrets redacted) and the engine's version, as for a cell.
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+/// Where repeat `k` of a cell keeps its files, written like a cell id (`<cell id>/repeats/<k>`), so that
+/// the per-cell writers ([`Store::write_prompts`], [`Store::write_telemetry`]) serve repeats too.
+pub fn repeat_id(cell_id: &str, k: u32) -> String {
+    format!("{cell_id}/{REPEATS_DIR}/{k}")
 }
 
 /// Reads a `result.json`, translating what an older schema meant into today's types.
@@ -300,14 +345,27 @@ impl Store {
     /// Opens the writer of a cell's `requests.jsonl`, for the load point to fill as its requests finish.
     pub fn requests_writer(&self, cell_id: &str) -> std::io::Result<RequestsWriter> {
         let dir = self.root.join("cells").join(id_path(cell_id));
-        std::fs::create_dir_all(&dir)?;
-        let partial = dir.join(format!("{REQUESTS_FILE}.partial"));
-        let file = std::fs::File::create(&partial)?;
-        Ok(RequestsWriter {
-            file: Some(std::io::BufWriter::with_capacity(256 << 10, file)),
-            path: dir.join(REQUESTS_FILE),
-            partial,
-        })
+        RequestsWriter::create(
+            dir.join(format!("{REQUESTS_FILE}.partial")),
+            dir.join(REQUESTS_FILE),
+            None,
+        )
+    }
+
+    /// The writer of repeat `k`'s `requests.jsonl` in the cell's `repeats/<k>/`; every line carries
+    /// `"repeat": k`. Until it is committed the file lives beside the cell's own files, so that replacing
+    /// the cell's older repeats (`--force`) cannot remove it.
+    pub fn repeat_requests_writer(&self, cell_id: &str, k: u32) -> std::io::Result<RequestsWriter> {
+        let cell = self.root.join("cells").join(id_path(cell_id));
+        let dir = self
+            .root
+            .join("cells")
+            .join(id_path(&repeat_id(cell_id, k)));
+        RequestsWriter::create(
+            cell.join(format!("{REQUESTS_FILE}.repeat-{k}.partial")),
+            dir.join(REQUESTS_FILE),
+            Some(k),
+        )
     }
 
     /// Stores a finished cell: its per-request records (written while it ran) are put in place first,
@@ -515,16 +573,52 @@ pub struct RequestsWriter {
     file: Option<std::io::BufWriter<std::fs::File>>,
     partial: PathBuf,
     path: PathBuf,
+    /// The repeat every line is tagged with (`"repeat": k`), for a repeated point.
+    repeat: Option<u32>,
 }
 
 impl RequestsWriter {
-    /// Appends one JSON line.
+    /// A writer of `path`, through the `partial` file renamed into place on commit.
+    fn create(
+        partial: PathBuf,
+        path: PathBuf,
+        repeat: Option<u32>,
+    ) -> std::io::Result<RequestsWriter> {
+        if let Some(dir) = partial.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::File::create(&partial)?;
+        Ok(RequestsWriter {
+            file: Some(std::io::BufWriter::with_capacity(256 << 10, file)),
+            path,
+            partial,
+            repeat,
+        })
+    }
+
+    /// Appends one JSON line (tagged with the repeat, for a repeated point).
     pub fn append<T: Serialize>(&mut self, item: &T) -> std::io::Result<()> {
+        #[derive(Serialize)]
+        struct Tagged<'a, T> {
+            repeat: u32,
+            #[serde(flatten)]
+            record: &'a T,
+        }
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| std::io::Error::other("the requests file was already committed"))?;
-        serde_json::to_writer(&mut *file, item).map_err(std::io::Error::other)?;
+        match self.repeat {
+            Some(repeat) => serde_json::to_writer(
+                &mut *file,
+                &Tagged {
+                    repeat,
+                    record: item,
+                },
+            ),
+            None => serde_json::to_writer(&mut *file, item),
+        }
+        .map_err(std::io::Error::other)?;
         file.write_all(b"\n")
     }
 
@@ -533,6 +627,9 @@ impl RequestsWriter {
         if let Some(file) = self.file.take() {
             let file = file.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             std::fs::rename(&self.partial, &self.path)?;
         }
         Ok(())
@@ -570,6 +667,94 @@ pub struct Unreadable {
 impl std::fmt::Display for Unreadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.path.display(), self.error)
+    }
+}
+
+/// Removes a file that may not exist.
+fn remove_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Store {
+    /// Stores one finished repeat of a cell: its requests, each line tagged with the repeat's number,
+    /// then `repeat.json`, the repeat's commit point; its prompts and telemetry samples go first, through
+    /// the per-cell writers with [`repeat_id`]. A result the cell had is removed with its top-level
+    /// records: the repeats now being stored replace it (the cell is pending until they are complete).
+    pub fn write_repeat(
+        &self,
+        cell_id: &str,
+        repeat: &RepeatResult,
+        requests: RequestsWriter,
+    ) -> std::io::Result<()> {
+        let cell = self.root.join("cells").join(id_path(cell_id));
+        let dir = self
+            .root
+            .join("cells")
+            .join(id_path(&repeat_id(cell_id, repeat.repeat)));
+        requests.commit()?;
+        write_json(&dir.join(REPEAT_FILE), repeat)?;
+        for file in [
+            RESULT_FILE,
+            REQUESTS_FILE,
+            PROMPTS_FILE,
+            GPU_FILE,
+            SERVER_METRICS_FILE,
+        ] {
+            remove_file(&cell.join(file))?;
+        }
+        Ok(())
+    }
+
+    /// Repeat `k` of a cell as stored; `None` when it is missing or unreadable (it is measured again).
+    pub fn read_repeat(&self, cell_id: &str, k: u32) -> Option<RepeatResult> {
+        let path = self
+            .root
+            .join("cells")
+            .join(id_path(&repeat_id(cell_id, k)))
+            .join(REPEAT_FILE);
+        read_json(&path).ok().flatten()
+    }
+
+    /// Commits a cell measured several times once every repeat is stored: `result.json` (which carries
+    /// every repeat's summary), then removes a stale `failure.json` and stored repeats beyond the cell's
+    /// count.
+    pub fn write_repeated_cell(&self, cell: &CellResult) -> std::io::Result<()> {
+        let dir = self.root.join("cells").join(id_path(&cell.id));
+        write_json(&dir.join(RESULT_FILE), cell)?;
+        remove_file(&dir.join(FAILURE_FILE))?;
+        self.prune_repeats(
+            &cell.id,
+            u32::try_from(cell.repeats.len()).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// Removes a cell's stored repeats numbered above `keep` (all of them with 0).
+    pub fn prune_repeats(&self, cell_id: &str, keep: u32) -> std::io::Result<()> {
+        let dir = self
+            .root
+            .join("cells")
+            .join(id_path(cell_id))
+            .join(REPEATS_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(_) if keep == 0 => return std::fs::remove_dir_all(&dir),
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let number = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok());
+            if number.is_some_and(|k| k > keep) {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -627,6 +812,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_measured_once_keeps_its_shape() {
+        // Written before repeats existed (and by a cell measured once): no `repeats`, in and out.
+        let text = include_str!(
+            "../tests/fixtures/report/results/cells/qwen3-14b/fp8/vllm/c10/result.json"
+        );
+        let cell = parse_cell(text).unwrap();
+        assert!(cell.repeats.is_empty());
+        let json = serde_json::to_value(&cell).unwrap();
+        assert!(
+            json.get("repeats").is_none(),
+            "old readers see the same shape"
+        );
+        assert!(json["load"].get("repeats").is_none());
+    }
 
     #[test]
     fn ids_become_safe_relative_paths() {

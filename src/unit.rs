@@ -4,6 +4,13 @@
 //! executor ([`crate::executor`]) decides where and when units run; nothing here knows whether it runs
 //! alone, beside other units on one host, or in a Slurm job.
 //!
+//! A point with `repeats` = N is measured N times on the same warm server, the repeats interleaved over
+//! the server's points ([`crate::repeat::interleave`]). Each repeat is a load point of its own (its own
+//! warm-up, prompts and summary, see [`ServerPlan::repeat_of`]), stored the moment it finishes; the
+//! cell's `result.json` is written when the last one is. A rerun measures only the repeats not stored
+//! with the same settings (every one under `--force`); a cell one of whose repeats fails is measured no
+//! further in this run (its stored repeats are kept for the next).
+//!
 //! Invariants:
 //! - A unit writes only its own cells, its server record and its server's pid file (one writer per
 //!   file), so units never contend; the report and `cells.csv` are the coordinator's.
@@ -29,7 +36,7 @@ use crate::progress::UnitProgress;
 use crate::server::{self, KillHandle, PortAllocator, ServerSpec, SmokeRequest, Teardown};
 use crate::signals::Shutdown;
 use crate::store::{
-    CellFailure, CellResult, Schema, ServerRecord, ServerStatus, Store, now_rfc3339,
+    CellFailure, CellResult, RepeatResult, Schema, ServerRecord, ServerStatus, Store, now_rfc3339,
 };
 use crate::telemetry;
 
@@ -43,6 +50,8 @@ pub struct Context<'a> {
     pub client: &'a LoadClient,
     pub shutdown: &'a Shutdown,
     pub ports: &'a PortAllocator,
+    /// `--force`: every repeat of a pending cell is measured again, none taken from the store.
+    pub force: bool,
 }
 
 /// Where a unit runs, as plain data (recorded in its server record).
@@ -122,14 +131,135 @@ pub async fn run(
         }
         Err(e) => reporter.line(format!("warning: stale-server check failed: {e}")),
     }
-    run_server(ctx, reporter, server, pending, engine_version, placement).await
+    // Each cell's measurements still to make. A cell whose repeats are all stored (the runner stopped
+    // between its last repeat and its result) is committed here, without starting a server.
+    let mut done = UnitResult::default();
+    let mut work = Vec::new();
+    for cell in pending {
+        let todo = repeats_to_run(ctx, server, cell);
+        if !todo.is_empty() {
+            work.push(Work { cell, todo });
+            continue;
+        }
+        match commit_repeats(ctx.store, server, cell) {
+            Ok(Some(result)) => {
+                reporter.line(format!("  {} (stored repeats)", cell_line(&result)));
+                reporter.cells_done(1);
+                done.cells_ok += 1;
+            }
+            other => {
+                let reason = match other {
+                    Err(e) => format!("could not store the result: {e}"),
+                    _ => "a stored repeat could not be read back".to_string(),
+                };
+                fail_cell(ctx.store, reporter, server, cell, &reason, &[]);
+                done.cells_failed += 1;
+            }
+        }
+    }
+    if work.is_empty() {
+        return done;
+    }
+    let mut result = run_server(ctx, reporter, server, &work, engine_version, placement).await;
+    result.cells_ok += done.cells_ok;
+    result.cells_failed += done.cells_failed;
+    result
+}
+
+/// A pending cell and the repeats it still needs, in the order they run.
+struct Work<'a> {
+    cell: &'a CellPlan,
+    todo: Vec<u32>,
+}
+
+/// How a cell stands during its server's run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CellState {
+    Open,
+    Stored,
+    Failed,
+}
+
+/// The repeats of `cell` to measure: all of them under `--force` or for a cell measured once; otherwise
+/// those without a stored repeat of the same settings (a stored repeat stays valid when only the count
+/// changed, see [`ServerPlan::repeat_of`]).
+fn repeats_to_run(ctx: &Context<'_>, server: &ServerPlan, cell: &CellPlan) -> Vec<u32> {
+    let n = cell.load.repeats;
+    (1..=n)
+        .filter(|&k| {
+            n == 1
+                || ctx.force
+                || ctx
+                    .store
+                    .read_repeat(&cell.id, k)
+                    .is_none_or(|stored| stored.hash != server.repeat_of(cell, k).hash)
+        })
+        .collect()
+}
+
+/// Commits a repeated cell whose repeats are all stored with the cell's settings: `Ok(None)` while one
+/// is missing.
+fn commit_repeats(
+    store: &Store,
+    server: &ServerPlan,
+    cell: &CellPlan,
+) -> std::io::Result<Option<CellResult>> {
+    let repeats: Option<Vec<RepeatResult>> = (1..=cell.load.repeats)
+        .map(|k| {
+            store
+                .read_repeat(&cell.id, k)
+                .filter(|r| r.hash == server.repeat_of(cell, k).hash)
+        })
+        .collect();
+    let Some(repeats) = repeats else {
+        return Ok(None);
+    };
+    // The command and engine version the cell shows are those of its latest repeat.
+    let Some(last) = repeats
+        .iter()
+        .max_by_key(|r| r.finished_at.clone())
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let mut result = cell_result(server, cell, last);
+    crate::repeat::combine_into(&mut result, repeats);
+    store.write_repeated_cell(&result)?;
+    Ok(Some(result))
+}
+
+/// A cell's result from one measurement (the identity from the plan, the rest from `measured`).
+fn cell_result(server: &ServerPlan, cell: &CellPlan, measured: RepeatResult) -> CellResult {
+    CellResult {
+        schema: Schema::default(),
+        id: cell.id.clone(),
+        hash: cell.hash.clone(),
+        server_id: server.id.clone(),
+        server_hash: server.hash.clone(),
+        model: server.model.clone(),
+        precision: server.precision.clone(),
+        engine: server.engine.clone(),
+        vars: server
+            .cell_vars(cell)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        load: serde_json::to_value(&cell.load).unwrap_or_default(),
+        summary: measured.summary,
+        server_metrics: measured.server_metrics,
+        telemetry: measured.telemetry,
+        command: measured.command,
+        engine_version: measured.engine_version,
+        started_at: measured.started_at,
+        finished_at: measured.finished_at,
+        repeats: Vec::new(),
+    }
 }
 
 async fn run_server(
     ctx: &Context<'_>,
     reporter: &UnitProgress<'_>,
     server: &ServerPlan,
-    pending: &[&CellPlan],
+    work: &[Work<'_>],
     engine_version: Option<String>,
     placement: &Placement,
 ) -> UnitResult {
@@ -177,18 +307,18 @@ async fn run_server(
                 return result;
             }
             reporter.line(format!("  server failed: {}", failure.reason));
-            for cell in pending {
+            for w in work {
                 fail_cell(
                     store,
                     reporter,
                     server,
-                    cell,
+                    w.cell,
                     &failure.reason,
                     &failure.log_tail,
                 );
             }
             result.server_failed = true;
-            result.cells_failed = pending.len();
+            result.cells_failed = work.len();
             return result;
         }
     };
@@ -220,24 +350,49 @@ async fn run_server(
                 api_key: target.api_key.clone(),
             }),
     };
-    for (k, cell) in pending.iter().enumerate() {
+    // Repeats interleaved over the points (c1 r1, c4 r1, …, c1 r2, …), so drift falls on no one point.
+    let order = crate::repeat::interleave(&work.iter().map(|w| w.todo.clone()).collect::<Vec<_>>());
+    let mut states = vec![CellState::Open; work.len()];
+    let mut left: Vec<usize> = work.iter().map(|w| w.todo.len()).collect();
+    // Under --force a cell's stored repeats are dropped before its first new one is stored, so an
+    // interrupted forced run never mixes old repeats into the new result.
+    let mut discard = vec![ctx.force; work.len()];
+    for (step, &(i, k)) in order.iter().enumerate() {
         if cancel.is_cancelled() {
             result.interrupted = true;
             break;
         }
-        let label = format!("{} ({}/{})", cell.id, k + 1, pending.len());
+        if states[i] != CellState::Open {
+            continue;
+        }
+        let planned = work[i].cell;
+        let n = planned.load.repeats;
+        // This measurement as a point of its own: the cell itself when it is measured once.
+        let cell = &server.repeat_of(planned, k);
+        let repeat = if n > 1 {
+            format!(" repeat {k}/{n}")
+        } else {
+            String::new()
+        };
+        let label = format!("{}{repeat} ({}/{})", cell.id, step + 1, order.len());
         reporter.phase(format!(
             "{}: load point {}/{}",
             server.id,
-            k + 1,
-            pending.len()
+            step + 1,
+            order.len()
         ));
         let progress = load::Progress::default();
         let bar = reporter.point(&label, progress.done.clone(), u64::from(cell.load.requests));
         let started_at = now_rfc3339();
         let window = telemetry::Window::start(&watched);
-        // Records go to the cell's requests.jsonl as requests finish.
-        let outcome = match store.requests_writer(&cell.id) {
+        // Records go to the cell's requests.jsonl (a repeat's own, tagged with its number) as requests
+        // finish.
+        let writer = if n == 1 {
+            store.requests_writer(&cell.id)
+        } else {
+            store.repeat_requests_writer(&cell.id, k)
+        };
+        let outcome = match writer {
             Ok(sink) => {
                 let point =
                     load::run_point(ctx.client, &target, &cell.load, &progress, cancel, sink);
@@ -249,50 +404,52 @@ async fn run_server(
             .finish(outcome.as_ref().ok().map(|p| (p.t0, p.span)))
             .await;
         drop(bar);
+        left[i] -= 1;
         // A server that died under load invalidates the point, whatever the client saw.
         let exited = running.as_mut().and_then(|r| r.exit_status());
         let log_tail = || running.as_ref().map(|r| r.log_tail()).unwrap_or_default();
-        match (outcome, exited) {
+        let which = if n > 1 {
+            format!("repeat {k}/{n}: ")
+        } else {
+            String::new()
+        };
+        let failure = match (outcome, exited) {
             (Err(LoadError::Interrupted), _) => {
                 result.interrupted = true;
                 break;
             }
             (_, Some(status)) => {
                 let tail = log_tail();
-                let reason = format!("the server exited during the load point ({status})");
+                // Every open cell fails with it: say which point the server died under.
+                let reason = if n > 1 {
+                    format!(
+                        "the server exited during load point {}, repeat {k}/{n} ({status})",
+                        cell.id
+                    )
+                } else {
+                    format!("the server exited during the load point ({status})")
+                };
                 reporter.line(format!("  {}: {reason}", cell.id));
-                for c in &pending[k..] {
-                    fail_cell(store, reporter, server, c, &reason, &tail);
+                for (j, w) in work.iter().enumerate() {
+                    if states[j] == CellState::Open {
+                        fail_cell(store, reporter, server, w.cell, &reason, &tail);
+                        states[j] = CellState::Failed;
+                        result.cells_failed += 1;
+                    }
                 }
-                result.cells_failed += pending.len() - k;
                 result.server_failed = true;
                 break;
             }
-            (Err(e), None) => {
-                let reason = format!("load point failed: {e:#}");
-                fail_cell(store, reporter, server, cell, &reason, &log_tail());
-                result.cells_failed += 1;
-            }
-            (Ok(point), None) if point.summary.succeeded == 0 => {
-                let reason = no_success_reason(&point.summary.errors, &target.model, &server.model);
-                fail_cell(store, reporter, server, cell, &reason, &log_tail());
-                result.cells_failed += 1;
-            }
+            (Err(e), None) => Some(format!("{which}load point failed: {e:#}")),
+            (Ok(point), None) if point.summary.succeeded == 0 => Some(format!(
+                "{which}{}",
+                no_success_reason(&point.summary.errors, &target.model, &server.model)
+            )),
             (Ok(point), None) => {
-                let cell_result = CellResult {
+                let measured = RepeatResult {
                     schema: Schema::default(),
-                    id: cell.id.clone(),
+                    repeat: k,
                     hash: cell.hash.clone(),
-                    server_id: server.id.clone(),
-                    server_hash: server.hash.clone(),
-                    model: server.model.clone(),
-                    precision: server.precision.clone(),
-                    engine: server.engine.clone(),
-                    vars: server
-                        .cell_vars(cell)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    load: serde_json::to_value(&cell.load).unwrap_or_default(),
                     summary: point.summary,
                     server_metrics: point.server_metrics,
                     telemetry: recorded.telemetry.clone(),
@@ -301,24 +458,57 @@ async fn run_server(
                     started_at,
                     finished_at: now_rfc3339(),
                 };
-                let stored = match &point.prompts {
-                    Some(prompts) => store.write_prompts(&cell.id, prompts),
-                    None => Ok(()),
+                // A cell measured once is stored as it always was; a repeat in its own directory.
+                let dir_id = if n == 1 {
+                    cell.id.clone()
+                } else {
+                    crate::store::repeat_id(&cell.id, k)
+                };
+                let stored = if std::mem::take(&mut discard[i]) && n > 1 {
+                    store.prune_repeats(&cell.id, 0)
+                } else {
+                    Ok(())
                 }
-                .and_then(|()| store.write_telemetry(&cell.id, &recorded))
-                .and_then(|()| store.write_cell(&cell_result, point.records));
+                .and_then(|()| match &point.prompts {
+                    Some(prompts) => store.write_prompts(&dir_id, prompts),
+                    None => Ok(()),
+                })
+                .and_then(|()| store.write_telemetry(&dir_id, &recorded));
+                let stored = if n == 1 {
+                    let cell_result = cell_result(server, cell, measured);
+                    stored
+                        .and_then(|()| store.write_cell(&cell_result, point.records))
+                        .and_then(|()| store.prune_repeats(&cell.id, 0))
+                        .map(|()| Some(cell_result))
+                } else {
+                    reporter.line(format!("  {}: {}", cell.id, repeat_line(&measured, n)));
+                    stored
+                        .and_then(|()| store.write_repeat(&cell.id, &measured, point.records))
+                        .and_then(|()| commit_repeats(store, server, planned))
+                };
                 match stored {
-                    Ok(()) => {
+                    Ok(Some(cell_result)) => {
                         reporter.line(format!("  {}", cell_line(&cell_result)));
                         reporter.cells_done(1);
                         result.cells_ok += 1;
+                        states[i] = CellState::Stored;
+                        None
                     }
+                    Ok(None) if left[i] > 0 => None,
+                    Ok(None) => Some("a stored repeat could not be read back".to_string()),
                     Err(e) => {
                         reporter.line(format!("  {}: could not store the result: {e}", cell.id));
                         result.cells_failed += 1;
+                        states[i] = CellState::Failed;
+                        None
                     }
                 }
             }
+        };
+        if let Some(reason) = failure {
+            fail_cell(store, reporter, server, planned, &reason, &log_tail());
+            states[i] = CellState::Failed;
+            result.cells_failed += 1;
         }
     }
 
@@ -590,17 +780,15 @@ fn write_or_warn(reporter: &UnitProgress<'_>, result: std::io::Result<()>, what:
     }
 }
 
-/// One line per finished cell, with the numbers a person checks first; an unmeasured one is `—`.
-fn cell_line(c: &CellResult) -> String {
+/// The figures a person checks first: `QPS …, TTFT … ms, …`; an unmeasured one is `—`.
+fn figures(s: &crate::stats::Summary) -> String {
     use crate::stats::Dist;
-    let s = &c.summary;
     let n = |x: Option<f64>, decimals: usize| match x {
         Some(x) if x.is_finite() => format!("{x:.decimals$}"),
         _ => "—".to_string(),
     };
-    let mut line = format!(
-        "{}: {}/{} ok, QPS {}, TTFT {} ms, TPOT {} ms, E2E {} ms, out {} tok/s",
-        c.id,
+    format!(
+        "{}/{} ok, QPS {}, TTFT {} ms, TPOT {} ms, E2E {} ms, out {} tok/s",
         s.succeeded,
         s.requests,
         n(s.qps, 3),
@@ -608,7 +796,22 @@ fn cell_line(c: &CellResult) -> String {
         n(Dist::mean_of(&s.tpot_ms), 2),
         n(Dist::mean_of(&s.e2e_ms), 0),
         n(s.output_tokens_per_s, 1)
-    );
+    )
+}
+
+/// One line per stored repeat of a cell measured several times.
+fn repeat_line(r: &RepeatResult, n: u32) -> String {
+    format!("repeat {}/{n}: {}", r.repeat, figures(&r.summary))
+}
+
+/// One line per finished cell, with the numbers a person checks first (means over repeats for a cell
+/// measured several times).
+fn cell_line(c: &CellResult) -> String {
+    let s = &c.summary;
+    let mut line = format!("{}: {}", c.id, figures(s));
+    if c.repeats.len() > 1 {
+        line.push_str(&format!(" (mean of {} repeats)", c.repeats.len()));
+    }
     if let Some(rate) = c.server_metrics.prefix_cache_hit_rate {
         line.push_str(&format!(", prefix hits {:.1}%", rate * 100.0));
     }

@@ -44,6 +44,8 @@ fn spec(concurrency: u32, requests: u32, input: u32, output: u32) -> LoadSpec {
         },
         save_prompts: false,
         connections: Default::default(),
+        repeats: 1,
+        repeat: 1,
     }
 }
 

@@ -1588,3 +1588,180 @@ fn without_telemetry_or_prices_the_report_says_so() {
     );
     assert!(!md.contains("每百万输出 token 成本 ("));
 }
+
+/// Every headline figure of `s` times `f` (what another repeat of the same point might measure).
+fn scaled(s: &runner::stats::Summary, f: f64) -> runner::stats::Summary {
+    let mut s = s.clone();
+    for x in [
+        &mut s.qps,
+        &mut s.prompt_tps,
+        &mut s.decode_tps,
+        &mut s.output_tokens_per_s,
+    ] {
+        *x = x.map(|v| v * f);
+    }
+    for d in [&mut s.ttft_ms, &mut s.e2e_ms, &mut s.tpot_ms]
+        .into_iter()
+        .flatten()
+    {
+        d.mean *= f;
+    }
+    s
+}
+
+/// Turns a stored cell into one measured three times, each repeat's figures its own times `factors`.
+fn repeat_cell(campaign: &Campaign, id: &str, factors: [f64; 3]) {
+    campaign.edit_result(id, |c| {
+        let repeats = factors
+            .iter()
+            .enumerate()
+            .map(|(i, f)| runner::store::RepeatResult {
+                schema: runner::store::Schema::default(),
+                repeat: i as u32 + 1,
+                hash: format!("r{i}"),
+                summary: scaled(&c.summary, *f),
+                server_metrics: c.server_metrics.clone(),
+                telemetry: c.telemetry.clone(),
+                command: c.command.clone(),
+                engine_version: c.engine_version.clone(),
+                started_at: c.started_at.clone(),
+                finished_at: c.finished_at.clone(),
+            })
+            .collect();
+        runner::repeat::combine_into(c, repeats);
+    });
+}
+
+#[test]
+fn repeated_cells_show_intervals_and_ratios_say_where_the_difference_is_not_significant() {
+    use runner::report::metric::Metric;
+    use runner::stats::interval::Interval;
+    let campaign = Campaign::new("");
+    // FP8 at c=10 spread ±10 % over its repeats (a wide interval), NVFP4 tight: the figures whose ratio
+    // is near 1 overlap, the others do not.
+    let (fp8, nvfp4) = ("qwen3-14b/fp8/vllm/c10", "qwen3-14b/nvfp4/vllm/c10");
+    repeat_cell(&campaign, fp8, [0.9, 1.0, 1.1]);
+    repeat_cell(&campaign, nvfp4, [0.999, 1.0, 1.001]);
+    let stored = campaign.store.read_cells().unwrap().cells;
+    let cell = |id: &str| stored.iter().find(|c| c.id == id).unwrap().clone();
+    let (a, b) = (cell(fp8), cell(nvfp4));
+    assert_eq!(a.repeats.len(), 3, "the repeats survive the store");
+    // The expectation from the interval function alone (unit-tested on its own).
+    let interval = |c: &CellResult, m: Metric| {
+        let values: Vec<f64> = c
+            .repeats
+            .iter()
+            .map(|r| m.of(&r.summary).unwrap())
+            .collect();
+        Interval::of(&values).unwrap()
+    };
+    let overlapping: Vec<&str> = Metric::ALL
+        .into_iter()
+        .filter(|m| interval(&a, *m).overlaps(&interval(&b, *m)))
+        .map(Metric::label)
+        .collect();
+    assert!(
+        !overlapping.is_empty() && overlapping.len() < Metric::ALL.len(),
+        "the case needs both kinds: {overlapping:?}"
+    );
+
+    let md = campaign.summary();
+    let ours = tables(&md);
+    // The table row: mean ± half-width of the headline columns; the others as ever.
+    let t = ours.iter().find(|t| t.number() == "3.1").unwrap();
+    let row = t.row("10").unwrap();
+    let qps = interval(&a, Metric::Qps);
+    assert_eq!(
+        row[t.column("QPS").unwrap()].trim_end_matches(" ⚠"),
+        format!("{:.3} ± {:.3}", qps.mean, qps.half_width)
+    );
+    assert!(row[t.column("TTFT (ms)").unwrap()].contains(" ± "));
+    assert!(!row[t.column("实际 Output tokens").unwrap()].contains('±'));
+    assert!(
+        !t.row("1").unwrap()[t.column("QPS").unwrap()].contains('±'),
+        "measured once"
+    );
+    assert!(md.contains("**重复测量与置信区间**") && md.contains("**差异不显著**"));
+
+    // The ratio row names exactly the overlapping figures; rows measured once say nothing of it.
+    let r = ours
+        .iter()
+        .find(|t| t.heading.starts_with("Qwen 3 14B：NVFP4 / FP8"))
+        .unwrap();
+    let note = &r.row("10").unwrap()[r.column("说明").unwrap()];
+    assert!(
+        note.starts_with(&format!("差异不显著：{}；⚠", overlapping.join("、"))),
+        "{note}"
+    );
+    assert!(!r.row("40").unwrap()[r.column("说明").unwrap()].contains("显著"));
+    // The same rule in the record.
+    let record =
+        std::fs::read_to_string(campaign.store.root.join("report/records/qwen3-14b.zh.md"))
+            .unwrap();
+    assert!(record.contains(&format!("差异不显著：{}", overlapping.join("、"))));
+
+    // cells.csv: the repeat count and the interval's ends, empty for a point measured once.
+    let mut reader = csv::Reader::from_path(campaign.store.root.join("cells.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let by_id = |id: &str| rows.iter().find(|r| &r[col("id")] == id).unwrap();
+    assert_eq!(&by_id(fp8)[col("repeats")], "3");
+    assert_eq!(
+        by_id(fp8)[col("qps_ci95_lo")].parse::<f64>().unwrap(),
+        qps.lo
+    );
+    assert_eq!(
+        by_id(fp8)[col("qps_ci95_hi")].parse::<f64>().unwrap(),
+        qps.hi
+    );
+    let once = by_id("qwen3-14b/fp8/vllm/c1");
+    assert_eq!(
+        (&once[col("repeats")], &once[col("qps_ci95_lo")]),
+        ("1", "")
+    );
+
+    // The charts carry error bars where a cell was measured several times.
+    let svg = std::fs::read_to_string(
+        campaign
+            .store
+            .root
+            .join("report/charts/qwen3-14b-by-concurrency.svg"),
+    )
+    .unwrap();
+    assert!(
+        svg.lines()
+            .any(|l| l.starts_with("<line") && l.contains("#1F77B4")),
+        "FP8's bars"
+    );
+    assert!(md.contains("重复测量的点带误差线"));
+
+    // `runner compare` of the run with itself: every figure of the repeated cells is within the noise.
+    let run = || {
+        report::compare::Run::read("x".into(), campaign.store.root.clone(), 0.1)
+            .unwrap()
+            .unwrap()
+    };
+    let cmp = report::compare::compare(&run(), &run(), &[]);
+    assert!(cmp.repeated);
+    let same = cmp.cells.iter().find(|c| c.id == fp8).unwrap();
+    assert_eq!(same.row.not_significant.len(), Metric::ALL.len());
+    assert!(
+        same.row.note.starts_with("各项差异均不显著"),
+        "{}",
+        same.row.note
+    );
+    assert!(same.a_interval["qps"].is_some());
+    let once = cmp
+        .cells
+        .iter()
+        .find(|c| c.id == "qwen3-14b/fp8/vllm/c1")
+        .unwrap();
+    assert!(once.row.not_significant.is_empty() && once.a_interval["qps"].is_none());
+    let text = report::compare::markdown(&cmp).unwrap();
+    assert!(
+        text.contains("两侧区间重叠的指标，“说明”列写“差异不显著”"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{:.3} ± {:.3}", qps.mean, qps.half_width)));
+}

@@ -186,6 +186,8 @@ fn spec() -> LoadSpec {
         },
         save_prompts: false,
         connections: Default::default(),
+        repeats: 1,
+        repeat: 1,
     }
 }
 

@@ -7,6 +7,7 @@ mod executor;
 mod experiment;
 mod layout;
 mod load;
+mod repeats;
 mod report;
 mod run;
 mod secrets;

@@ -26,6 +26,7 @@ pub const LOAD_KEYS: &[&str] = &[
     "slo_e2e",
     "save_prompts",
     "connections",
+    "repeats",
 ];
 
 /// Default for `requests`: three requests per concurrent stream, at least two (the seed campaign's rule).
@@ -38,6 +39,8 @@ pub const MAX_REQUESTS: i64 = 1_000_000;
 pub const MAX_WARMUP: i64 = 100_000;
 pub const MAX_INFLIGHT: i64 = 100_000;
 pub const RATE_RANGE: (f64, f64) = (0.001, 1_000_000.0);
+/// The most times one load point may be measured (`repeats`).
+pub const MAX_REPEATS: i64 = 100;
 /// The longest duration any setting takes (timeouts included): a week.
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -73,6 +76,20 @@ pub struct LoadSpec {
     /// when warm, the default, so that adding the setting changed no existing hash).
     #[serde(skip_serializing_if = "Connections::is_warm")]
     pub connections: Connections,
+    /// How many times the point is measured on the same warm server, each time with its own warm-up and
+    /// prompts (1: once). Left out of the settings when 1, so a file without `repeats` keeps its hashes.
+    #[serde(skip_serializing_if = "is_one")]
+    pub repeats: u32,
+    /// Which of those measurements this spec drives, from 1: 1 in a cell's plan, set per repeat by
+    /// [`crate::plan::ServerPlan::repeat_of`]. Left out when 1, so the first repeat sends the prompts the
+    /// point measured once sends; every later one salts its prompts with its number, so no repeat is
+    /// served from the prefix cache an earlier one filled.
+    #[serde(skip_serializing_if = "is_one")]
+    pub repeat: u32,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// When a load point opens its connections.
@@ -288,6 +305,7 @@ pub fn resolve(
     });
 
     let warmup = int("warmup", (0, MAX_WARMUP), &mut bad).unwrap_or(1);
+    let repeats = int("repeats", (1, MAX_REPEATS), &mut bad).unwrap_or(1);
     let max_inflight = int("max_inflight", (1, MAX_INFLIGHT), &mut bad);
     // 0 means no shared prefix, so a matrix can compare `shared_prefix_tokens = [0, 512]`; its upper bound
     // is the prompt length, checked below.
@@ -440,6 +458,8 @@ pub fn resolve(
             vocab: workload.vocab.clone(),
             save_prompts,
             connections,
+            repeats,
+            repeat: 1,
         }),
         _ => Err(problems),
     }
@@ -538,6 +558,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(json["connections"], "cold");
+    }
+
+    #[test]
+    fn repeats_default_to_one_and_are_bounded() {
+        let w = workload(100, 8);
+        let spec = resolve(4, &layers(&[]), &w).unwrap();
+        assert_eq!((spec.repeats, spec.repeat), (1, 1));
+        let json = serde_json::to_value(&spec).unwrap();
+        assert!(
+            json.get("repeats").is_none() && json.get("repeat").is_none(),
+            "a file without repeats keeps its settings (and hashes): {json}"
+        );
+        let spec = resolve(4, &layers(&[("repeats", Scalar::Int(3))]), &w).unwrap();
+        assert_eq!(spec.repeats, 3);
+        assert_eq!(serde_json::to_value(&spec).unwrap()["repeats"], 3);
+        for bad in [Scalar::Int(0), Scalar::Int(101), Scalar::Str("3".into())] {
+            let problems = resolve(4, &layers(&[("repeats", bad.clone())]), &w).unwrap_err();
+            assert_eq!(problems.len(), 1, "{bad}");
+            assert_eq!(problems[0].0, ["load", "repeats"], "located at the key");
+        }
+        let problems = resolve(4, &layers(&[("repeats", Scalar::Int(0))]), &w).unwrap_err();
+        assert_eq!(problems[0].1, "0 is out of range");
+        assert_eq!(
+            problems[0].2.as_deref(),
+            Some("use a whole number from 1 to 100")
+        );
     }
 
     #[test]

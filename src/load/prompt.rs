@@ -271,6 +271,8 @@ mod tests {
             vocab,
             save_prompts: false,
             connections: Default::default(),
+            repeats: 1,
+            repeat: 1,
         }
     }
 

@@ -222,6 +222,25 @@ impl ServerPlan {
             .map_err(|e| exp.secrets.redact(&e).into_owned())
     }
 
+    /// Repeat `k` (from 1) of `cell` as a point of its own: the cell's load settings with the repeat count
+    /// left out and the repeat's number in, and the settings hash of exactly that. Repeat 1 of any cell is
+    /// the cell measured once (same prompts, same hash: a cell with `repeats = 1` is its own repeat 1);
+    /// each later repeat sends other prompts. A repeat's hash does not depend on the repeat count, so
+    /// stored repeats stay valid when the count changes.
+    pub fn repeat_of(&self, cell: &CellPlan, k: u32) -> CellPlan {
+        let load = LoadSpec {
+            repeats: 1,
+            repeat: k,
+            ..cell.load.clone()
+        };
+        CellPlan {
+            id: cell.id.clone(),
+            hash: cell_hash(&self.hash, &load),
+            vars: cell.vars.clone(),
+            load,
+        }
+    }
+
     /// Every variable of a cell of this server: server variables, then the cell's load variables.
     pub fn cell_vars<'a>(
         &'a self,
@@ -250,11 +269,12 @@ impl Plan {
         self.servers.iter().map(|s| s.points.len()).sum()
     }
 
+    /// Every request the plan sends: each point's warm-up and measured requests, once per repeat.
     pub fn request_count(&self) -> u64 {
         self.servers
             .iter()
             .flat_map(|s| &s.points)
-            .map(|c| u64::from(c.load.requests + c.load.warmup))
+            .map(|c| u64::from(c.load.requests + c.load.warmup) * u64::from(c.load.repeats))
             .sum()
     }
 
@@ -611,10 +631,9 @@ pub fn expand(exp: &Experiment) -> Result<Plan, Diagnostics> {
                 }
                 continue;
             }
-            let cell_hash = short_hash(&serde_json::json!({ "server": hash, "load": spec }));
             cells.push(CellPlan {
                 id: cell_id,
-                hash: cell_hash,
+                hash: cell_hash(&hash, &spec),
                 vars: load_vars,
                 load: spec,
             });
@@ -1033,6 +1052,11 @@ fn render(
 }
 
 /// First 12 hex digits of SHA-256 over the canonical JSON of the settings.
+/// The settings hash of a load point: its server's hash and every resolved load setting.
+fn cell_hash(server_hash: &str, load: &LoadSpec) -> String {
+    short_hash(&serde_json::json!({ "server": server_hash, "load": load }))
+}
+
 fn short_hash(value: &serde_json::Value) -> String {
     let digest = Sha256::digest(serde_json::to_vec(value).unwrap_or_default());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
@@ -1196,6 +1220,36 @@ requests = 2
         assert_ne!(p1.servers[0].points[0].hash, p4.servers[0].points[0].hash);
         // Cells at different concurrency differ.
         assert_ne!(p1.servers[0].points[0].hash, p1.servers[0].points[1].hash);
+    }
+
+    #[test]
+    fn repeats_change_the_cell_hash_but_not_their_own() {
+        let m = "[matrix]\nmodel = [\"m1\"]\nprecision = [\"fp8\"]\nengine = [\"a\"]\nconcurrency = [1, 4]\n";
+        let once = plan(m);
+        let three = plan(&format!("{m}[load]\nrepeats = 3\n"));
+        let five = plan(&format!("{m}[load]\nrepeats = 5\n"));
+        let (s1, s3, s5) = (&once.servers[0], &three.servers[0], &five.servers[0]);
+        let (c1, c3, c5) = (&s1.points[1], &s3.points[1], &s5.points[1]);
+        assert_eq!(c3.load.repeats, 3);
+        assert_ne!(c1.hash, c3.hash, "the count is a setting of the cell");
+        assert_ne!(c3.hash, c5.hash);
+        // A cell measured once is its own first repeat.
+        assert_eq!(s1.repeat_of(c1, 1).hash, c1.hash);
+        assert_eq!(s1.repeat_of(c1, 1).load, c1.load);
+        // A repeat's hash is its number's, whatever the count: 3 → 5 keeps the three stored.
+        for k in 1..=3 {
+            assert_eq!(s3.repeat_of(c3, k).hash, s5.repeat_of(c5, k).hash);
+            assert_eq!(s3.repeat_of(c3, k).load.repeat, k);
+        }
+        assert_eq!(s3.repeat_of(c3, 1).hash, c1.hash);
+        assert_ne!(s3.repeat_of(c3, 1).hash, s3.repeat_of(c3, 2).hash);
+        // The first repeat's settings are the single measurement's (so are its prompts, salted with
+        // them); a later one's carry its number (tests/repeats.rs checks the prompts themselves).
+        assert_eq!(s3.repeat_of(c3, 1).load, c1.load);
+        assert_eq!(s3.repeat_of(c3, 2).load.repeat, 2);
+        // Requests are counted once per repeat: (3 + 1) + (12 + 1) per repeat.
+        assert_eq!(once.request_count(), 17);
+        assert_eq!(three.request_count(), 51);
     }
 
     #[test]

@@ -133,9 +133,14 @@ pub fn text(
             if let Some(r) = l.request_rate {
                 extra.push_str(&format!(", Poisson {r} req/s"));
             }
+            let repeats = if l.repeats > 1 {
+                format!(" × {} repeats", l.repeats)
+            } else {
+                String::new()
+            };
             writeln!(
                 out,
-                "    {:<28} {:>5} req + {} warm-up, {} → {} tokens, {prompt}{extra}  {}",
+                "    {:<28} {:>5} req + {} warm-up{repeats}, {} → {} tokens, {prompt}{extra}  {}",
                 cell.id
                     .strip_prefix(&format!("{}/", server.id))
                     .unwrap_or(&cell.id),
@@ -235,6 +240,8 @@ struct JsonCell<'a> {
     hash: &'a str,
     status: CellStatus,
     vars: &'a indexmap::IndexMap<String, crate::experiment::Scalar>,
+    /// How many times the point is measured (also in `load` when more than once).
+    repeats: u32,
     load: &'a crate::experiment::load::LoadSpec,
 }
 
@@ -280,6 +287,7 @@ pub fn json_value(
                         hash: &c.hash,
                         status: status(c),
                         vars: &c.vars,
+                        repeats: c.load.repeats,
                         load: &c.load,
                     })
                     .collect(),

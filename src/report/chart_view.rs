@@ -2,13 +2,14 @@
 //! line per precision × engine (and per server or load variable that tells lines of the same precision
 //! and engine apart), and the links and captions the documents print with them.
 //!
-//! Invariants: only measured cells become points, with `None` where a figure was not measured; the
+//! Invariants: only measured cells become points, with `None` where a figure was not measured, and
+//! with error bars (the 95 % intervals of [`Metric::interval`]) where a cell was measured several times; the
 //! interactivity chart's caption says how its axes are defined and where the GPU count came from (the
 //! server's variables, or an assumed single GPU, said so).
 
 use serde::Serialize;
 
-use super::charts::{ChartSet, Point, Series};
+use super::charts::{Bars, ChartSet, Point, Series};
 use super::format;
 use super::metric::Metric;
 use super::view::{self, Done};
@@ -32,6 +33,8 @@ pub struct ChartLinks {
     pub interactivity_alt: String,
     /// How the interactivity chart's axes are defined, including how GPUs were counted.
     pub interactivity_caption: String,
+    /// Some point of the model was measured several times and carries error bars.
+    pub error_bars: bool,
 }
 
 /// Server variables that give the GPUs one server uses: tensor-parallel × pipeline-parallel size, or
@@ -97,11 +100,19 @@ pub fn chart_sets(exp: &Experiment, plan: &Plan, done: &[Done]) -> Vec<ModelChar
                     .map(|(k, v)| format!(" · {k}={v}"))
                     .collect();
                 let s = &result.summary;
+                let bar = |m: Metric| m.interval(result).map(|i| (i.lo, i.hi));
                 let point = Point {
                     concurrency: cell.load.concurrency,
                     output_tps: Metric::OutputTps.of(s),
                     ttft_ms: Metric::Ttft.of(s),
                     tpot_ms: Metric::Tpot.of(s),
+                    decode_tps: Metric::DecodeTps.of(s),
+                    bars: Bars {
+                        output_tps: bar(Metric::OutputTps),
+                        ttft_ms: bar(Metric::Ttft),
+                        tpot_ms: bar(Metric::Tpot),
+                        decode_tps: bar(Metric::DecodeTps),
+                    },
                 };
                 match lines.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, points)) => points.push(point),
@@ -121,6 +132,13 @@ pub fn chart_sets(exp: &Experiment, plan: &Plan, done: &[Done]) -> Vec<ModelChar
             continue;
         }
         let stem = view::file_stem(&model.id);
+        let error_bars = series.iter().flat_map(|s| &s.points).any(|p| {
+            let b = &p.bars;
+            b.output_tps.is_some()
+                || b.ttft_ms.is_some()
+                || b.tpot_ms.is_some()
+                || b.decode_tps.is_some()
+        });
         let assumed = series.iter().any(|s| s.gpus.is_none());
         let gpu_text = match (gpu_notes.is_empty(), assumed) {
             (true, _) => "服务参数未给出 GPU 数（如 tensor_parallel_size），按每个服务 1 个 GPU 计"
@@ -147,6 +165,7 @@ pub fn chart_sets(exp: &Experiment, plan: &Plan, done: &[Done]) -> Vec<ModelChar
                 interactivity_caption: format!(
                     "横轴为单用户解码速度 = 1000 / 平均 TPOT（tokens/s/用户，即表中的 Decode TPS），纵轴为每 GPU 输出吞吐 = 输出吞吐 / GPU 数（tokens/s/GPU）；GPU 数：{gpu_text}。点旁的 c=N 为并发数；灰色宽线为帕累托前沿：其上的点，没有别的点能在两个轴上同时更好。"
                 ),
+                error_bars,
             },
             set: ChartSet {
                 title,

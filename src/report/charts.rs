@@ -14,6 +14,10 @@
 //! Concurrency is a log axis with ticks at the measured concurrencies only (no band of minor grid lines);
 //! the interactivity chart is linear from 0. A figure that was not measured at a point has no point there
 //! (never one at 0); a panel without any says so.
+//!
+//! A point measured several times (repeats) carries error bars: its 95 % confidence interval, vertical
+//! for the value axes and horizontal for the interactivity chart's decode speed. Axes make room for the
+//! bars; a bar reaching below an axis's start (a wide interval of a small mean) is cut at the axis.
 
 use anyhow::Context;
 use plotters::coord::Shift;
@@ -85,32 +89,69 @@ pub struct Point {
     pub output_tps: Option<f64>,
     pub ttft_ms: Option<f64>,
     pub tpot_ms: Option<f64>,
+    /// Per-user decode speed, 1000 / mean TPOT (tokens/s per user): the table's Decode TPS.
+    pub decode_tps: Option<f64>,
+    /// Where the cell was measured several times: each figure's 95 % interval.
+    pub bars: Bars,
+}
+
+/// `(lo, hi)` of each figure's 95 % confidence interval over repeats; `None` for a single measurement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bars {
+    pub output_tps: Option<(f64, f64)>,
+    pub ttft_ms: Option<(f64, f64)>,
+    pub tpot_ms: Option<(f64, f64)>,
+    pub decode_tps: Option<(f64, f64)>,
 }
 
 impl Point {
-    /// Per-user decode speed, 1000 / mean TPOT (tokens/s per user).
+    /// Per-user decode speed (tokens/s per user), where it was measured and is positive.
     pub fn interactivity(&self) -> Option<f64> {
-        self.tpot_ms
-            .filter(|t| *t > 0.0)
-            .map(|t| 1000.0 / t)
-            .filter(|x| x.is_finite())
+        self.decode_tps.filter(|x| *x > 0.0 && x.is_finite())
     }
 }
 
 impl Series {
+    fn gpu_share(&self) -> f64 {
+        f64::from(self.gpus.unwrap_or(1).max(1))
+    }
+
     fn per_gpu(&self, p: &Point) -> Option<f64> {
-        p.output_tps
-            .map(|y| y / f64::from(self.gpus.unwrap_or(1).max(1)))
+        p.output_tps.map(|y| y / self.gpu_share())
+    }
+
+    fn per_gpu_bar(&self, p: &Point) -> Option<(f64, f64)> {
+        p.bars
+            .output_tps
+            .map(|(lo, hi)| (lo / self.gpu_share(), hi / self.gpu_share()))
     }
 }
 
-/// The three panels against concurrency: (figure, unit, value).
+/// The three panels against concurrency: (figure, unit, value, its error bar).
 type Getter = fn(&Point) -> Option<f64>;
-const PANELS: [(&str, &str, Getter); 3] = [
-    ("输出吞吐", "tokens/s", |p| p.output_tps),
-    ("TTFT 均值", "ms", |p| p.ttft_ms),
-    ("TPOT 均值", "ms", |p| p.tpot_ms),
+type BarGetter = fn(&Point) -> Option<(f64, f64)>;
+const PANELS: [(&str, &str, Getter, BarGetter); 3] = [
+    (
+        "输出吞吐",
+        "tokens/s",
+        |p| p.output_tps,
+        |p| p.bars.output_tps,
+    ),
+    ("TTFT 均值", "ms", |p| p.ttft_ms, |p| p.bars.ttft_ms),
+    ("TPOT 均值", "ms", |p| p.tpot_ms, |p| p.bars.tpot_ms),
 ];
+
+/// A bar's ends where they can be drawn: finite, and the bar's value axis must be able to show them.
+fn bar(value: Option<f64>, ends: Option<(f64, f64)>) -> Option<(f64, f64)> {
+    value?;
+    ends.filter(|(lo, hi)| lo.is_finite() && hi.is_finite() && lo <= hi)
+}
+
+/// Cap width of an error bar, px: the point's diameter.
+const BAR_CAP: u32 = 8;
+/// A bar shorter than the point it belongs to would be hidden under it (and a zero-length one is a
+/// degenerate path some renderers refuse): such bars are not drawn.
+const BAR_MIN_PX: i32 = 8;
 
 /// Renders the set: `(file name, SVG text)` for each chart.
 pub fn render(set: &ChartSet) -> anyhow::Result<Vec<(String, String)>> {
@@ -150,8 +191,10 @@ fn by_concurrency(set: &ChartSet) -> anyhow::Result<String> {
             .collect();
         concurrencies.sort_by(f64::total_cmp);
         concurrencies.dedup();
-        for (area, (name, unit, get)) in body.split_evenly((PANELS.len(), 1)).iter().zip(PANELS) {
-            concurrency_panel(area, set, &concurrencies, (name, unit), get)
+        for (area, (name, unit, get, bars)) in
+            body.split_evenly((PANELS.len(), 1)).iter().zip(PANELS)
+        {
+            concurrency_panel(area, set, &concurrencies, (name, unit), (get, bars))
                 .with_context(|| format!("the panel `{name}`"))?;
         }
         root.present()?;
@@ -164,7 +207,7 @@ fn concurrency_panel(
     set: &ChartSet,
     concurrencies: &[f64],
     (name, unit): (&str, &str),
-    get: Getter,
+    (get, bars): (Getter, BarGetter),
 ) -> anyhow::Result<()> {
     let lines: Vec<Vec<(f64, f64)>> = set
         .series
@@ -176,7 +219,28 @@ fn concurrency_panel(
                 .collect()
         })
         .collect();
-    let values: Vec<f64> = lines.iter().flatten().map(|p| p.1).collect();
+    let errors: Vec<Vec<(f64, f64, f64, f64)>> = set
+        .series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .filter_map(|p| {
+                    let (x, v) = finite(f64::from(p.concurrency), get(p))?;
+                    let (lo, hi) = bar(Some(v), bars(p))?;
+                    Some((x, lo, v, hi))
+                })
+                .collect()
+        })
+        .collect();
+    // The axis makes room for the bars' tops and for their bottoms where a log axis can show them.
+    let mut values: Vec<f64> = lines.iter().flatten().map(|p| p.1).collect();
+    for &(_, lo, _, hi) in errors.iter().flatten() {
+        values.push(hi);
+        if lo > 0.0 {
+            values.push(lo);
+        }
+    }
     let y = YScale::for_values(&values);
     let caption = match (values.is_empty(), y.log) {
         (true, _) => format!("{name}（{unit}）：未测得"),
@@ -220,11 +284,21 @@ fn concurrency_panel(
             .map(|(x, v)| (x, y.axis(v)))
             .collect::<Vec<_>>()
     });
-    for (i, line) in lines.enumerate() {
+    for (i, (line, errors)) in lines.zip(errors).enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         if line.len() > 1 {
             ctx.draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?;
         }
+        let visible: Vec<_> = errors
+            .into_iter()
+            .map(|(x, lo, v, hi)| (x, y.clamped(lo), y.axis(v), y.clamped(hi)))
+            .filter(|&(x, lo, _, hi)| {
+                (ctx.backend_coord(&(x, lo)).1 - ctx.backend_coord(&(x, hi)).1).abs() >= BAR_MIN_PX
+            })
+            .collect();
+        ctx.draw_series(visible.into_iter().map(|(x, lo, v, hi)| {
+            ErrorBar::new_vertical(x, lo, v, hi, color.stroke_width(2), BAR_CAP)
+        }))?;
         ctx.draw_series(
             line.into_iter()
                 .map(|xy| Circle::new(xy, 4, color.filled())),
@@ -244,6 +318,25 @@ fn interactivity(set: &ChartSet) -> anyhow::Result<String> {
                 .filter_map(|p| {
                     let (x, y) = finite(p.interactivity()?, s.per_gpu(p))?;
                     Some((x, y, p.concurrency))
+                })
+                .collect()
+        })
+        .collect();
+    // Error bars: (x, y, x interval, y interval) where the cell was measured several times.
+    type Cross = (f64, f64, Option<(f64, f64)>, Option<(f64, f64)>);
+    let crosses: Vec<Vec<Cross>> = set
+        .series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .filter_map(|p| {
+                    let (x, y) = finite(p.interactivity()?, s.per_gpu(p))?;
+                    let (xb, yb) = (
+                        bar(Some(x), p.bars.decode_tps),
+                        bar(Some(y), s.per_gpu_bar(p)),
+                    );
+                    (xb.is_some() || yb.is_some()).then_some((x, y, xb, yb))
                 })
                 .collect()
         })
@@ -274,8 +367,17 @@ fn interactivity(set: &ChartSet) -> anyhow::Result<String> {
         } else {
             "越往右上越好：每个用户更快，同时每 GPU 吞吐更高"
         };
-        let x_max = upper(all.iter().map(|p| p.0));
-        let y_max = upper(all.iter().map(|p| p.1));
+        let bar_ends = crosses.iter().flatten();
+        let x_max = upper(
+            all.iter()
+                .map(|p| p.0)
+                .chain(bar_ends.clone().filter_map(|c| c.2.map(|b| b.1))),
+        );
+        let y_max = upper(
+            all.iter()
+                .map(|p| p.1)
+                .chain(bar_ends.filter_map(|c| c.3.map(|b| b.1))),
+        );
         let mut ctx = ChartBuilder::on(&body)
             .caption(caption, font(CAPTION))
             .margin_left(8)
@@ -298,12 +400,37 @@ fn interactivity(set: &ChartSet) -> anyhow::Result<String> {
         if frontier.len() > 1 {
             ctx.draw_series(LineSeries::new(frontier, frontier_style()))?;
         }
-        for (i, series) in points.into_iter().enumerate() {
+        for (i, (series, crosses)) in points.into_iter().zip(crosses).enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let xy: Vec<(f64, f64)> = series.iter().map(|p| (p.0, p.1)).collect();
             if xy.len() > 1 {
                 ctx.draw_series(LineSeries::new(xy.clone(), color.stroke_width(2)))?;
             }
+            let style = color.stroke_width(2);
+            let long = |a: (f64, f64), b: (f64, f64)| {
+                let (pa, pb) = (ctx.backend_coord(&a), ctx.backend_coord(&b));
+                (pa.0 - pb.0).abs().max((pa.1 - pb.1).abs()) >= BAR_MIN_PX
+            };
+            let horizontal: Vec<_> = crosses
+                .iter()
+                .filter_map(|&(x, y, xb, _)| xb.map(|(lo, hi)| (y, lo.max(0.0), x, hi)))
+                .filter(|&(y, lo, _, hi)| long((lo, y), (hi, y)))
+                .collect();
+            let vertical: Vec<_> = crosses
+                .iter()
+                .filter_map(|&(x, y, _, yb)| yb.map(|(lo, hi)| (x, lo.max(0.0), y, hi)))
+                .filter(|&(x, lo, _, hi)| long((x, lo), (x, hi)))
+                .collect();
+            ctx.draw_series(
+                horizontal
+                    .into_iter()
+                    .map(|(y, lo, x, hi)| ErrorBar::new_horizontal(y, lo, x, hi, style, BAR_CAP)),
+            )?;
+            ctx.draw_series(
+                vertical
+                    .into_iter()
+                    .map(|(x, lo, y, hi)| ErrorBar::new_vertical(x, lo, y, hi, style, BAR_CAP)),
+            )?;
             ctx.draw_series(xy.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
             let label_style = font(POINT_LABEL)
                 .color(&color)
@@ -514,6 +641,16 @@ impl YScale {
         if self.log { v.log10() } else { v }
     }
 
+    /// Where a bar's end is drawn: cut at the axis's ends (a log axis cannot show 0 or below).
+    fn clamped(&self, v: f64) -> f64 {
+        let a = if self.log && v <= 0.0 {
+            self.range.start
+        } else {
+            self.axis(v)
+        };
+        a.clamp(self.range.start, self.range.end)
+    }
+
     /// The value at an axis position.
     fn value(&self, a: f64) -> f64 {
         if self.log { 10f64.powf(a) } else { a }
@@ -547,6 +684,8 @@ mod tests {
             output_tps: out,
             ttft_ms: ttft,
             tpot_ms: tpot,
+            decode_tps: tpot.map(|t| 1000.0 / t),
+            bars: Bars::default(),
         }
     }
 
@@ -615,6 +754,56 @@ mod tests {
             assert!(svg.contains(text), "missing {text}");
         }
         assert_eq!(svg.matches("<circle").count(), 3);
+    }
+
+    #[test]
+    fn repeated_points_carry_error_bars_within_the_axes() {
+        let mut p = point(4, Some(500.0), Some(80.0), Some(20.0));
+        let plain = set(vec![Series {
+            label: "FP8".into(),
+            gpus: Some(2),
+            points: vec![point(1, Some(100.0), Some(40.0), Some(10.0)), p],
+        }]);
+        // A TTFT interval reaching below 0 (two repeats far apart) is cut at the axis, not dropped.
+        p.bars = Bars {
+            output_tps: Some((450.0, 560.0)),
+            ttft_ms: Some((-20.0, 180.0)),
+            tpot_ms: Some((19.0, 21.0)),
+            decode_tps: Some((47.0, 53.0)),
+        };
+        let barred = set(vec![Series {
+            points: vec![point(1, Some(100.0), Some(40.0), Some(10.0)), p],
+            ..plain.series[0].clone()
+        }]);
+        // Lines in the series' colour: only error bars (the series itself is a polyline).
+        let bars = |s: &ChartSet| -> Vec<usize> {
+            render(s)
+                .unwrap()
+                .iter()
+                .map(|(_, svg)| {
+                    svg.lines()
+                        .filter(|l| l.starts_with("<line") && l.contains("#1F77B4"))
+                        .count()
+                })
+                .collect()
+        };
+        assert_eq!(bars(&plain), [0, 0]);
+        // Three panels, one bar each (a stem and two caps); the interactivity chart's cross has two.
+        assert_eq!(bars(&barred), [3 * 3, 2 * 3]);
+        // A bar shorter than its point would hide under it: not drawn.
+        p.bars.output_tps = Some((499.9, 500.1));
+        let tiny = set(vec![Series {
+            points: vec![point(1, Some(100.0), Some(40.0), Some(10.0)), p],
+            ..plain.series[0].clone()
+        }]);
+        assert_eq!(bars(&tiny), [2 * 3, 3], "the throughput bars are gone");
+        // The bar's top is inside the axis: the axis grows to hold it.
+        let y = YScale::for_values(&[100.0, 500.0, 560.0]);
+        assert!(y.range.end >= 560.0);
+        assert_eq!(y.clamped(-20.0), y.range.start);
+        let log = YScale::for_values(&[1.0, 100.0]);
+        assert!(log.log);
+        assert_eq!(log.clamped(-5.0), log.range.start);
     }
 
     #[test]

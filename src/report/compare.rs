@@ -10,7 +10,8 @@
 //! never dropped; a cell that failed on B but was measured on A is named as such.
 //!
 //! Invariants: every ratio goes through [`super::ratio::row`], so a row carries a ⚠ for either side's
-//! caveats exactly as the report's ratio tables do; an unmeasured figure is `null` in JSON and `—` in
+//! caveats exactly as the report's ratio tables do, and says 差异不显著 where both sides were measured
+//! several times and their intervals overlap (the repeat count itself is not a load difference); an unmeasured figure is `null` in JSON and `—` in
 //! Markdown; `--fail-if` thresholds treat a ratio that cannot be computed, a cell that failed on B, or a
 //! comparison without a single matched cell as missed, never as passed.
 
@@ -25,6 +26,7 @@ use super::metric::Metric;
 use super::ratio::{self, RatioRow, Side};
 use crate::envinfo::Environment;
 use crate::experiment::AXES;
+use crate::stats::interval::Interval;
 use crate::store::{CellFailure, CellResult, Store};
 
 /// The built-in template of the Markdown comparison.
@@ -171,6 +173,10 @@ impl Threshold {
 pub struct Comparison {
     pub a: RunInfo,
     pub b: RunInfo,
+    /// Some matched cell was measured several times on both sides: its rows can say 差异不显著.
+    pub repeated: bool,
+    /// Some matched cell was measured several times on one side only (no significance for it).
+    pub repeated_one_side: bool,
     /// Metric keys in column order.
     pub metrics: Vec<&'static str>,
     pub cells: Vec<CellComparison>,
@@ -201,6 +207,9 @@ pub struct CellComparison {
     /// Per metric key: the measured value, `null` when not measured.
     pub a: BTreeMap<&'static str, Option<f64>>,
     pub b: BTreeMap<&'static str, Option<f64>>,
+    /// Per metric key: the 95 % interval over the side's repeats, `null` for a side measured once.
+    pub a_interval: BTreeMap<&'static str, Option<Interval>>,
+    pub b_interval: BTreeMap<&'static str, Option<Interval>>,
     pub ratio: BTreeMap<&'static str, Option<f64>>,
     /// The printed row (ratios with three decimals and the ⚠ reasons).
     pub row: RatioRow,
@@ -328,6 +337,12 @@ pub fn compare(a: &Run, b: &Run, thresholds: &[Threshold]) -> Comparison {
     let mut unreadable: Vec<String> = a.unreadable.iter().map(|u| format!("A：{u}")).collect();
     unreadable.extend(b.unreadable.iter().map(|u| format!("B：{u}")));
     Comparison {
+        repeated: matched
+            .iter()
+            .any(|(x, y)| x.repeats.len() > 1 && y.repeats.len() > 1),
+        repeated_one_side: matched
+            .iter()
+            .any(|(x, y)| (x.repeats.len() > 1) != (y.repeats.len() > 1)),
         a: run_info(a),
         b: run_info(b),
         metrics: Metric::ALL.map(Metric::key).to_vec(),
@@ -411,7 +426,12 @@ fn side<'a>(label: &str, c: &'a CellResult, threshold: f64) -> Side<'a> {
         label: label.to_string(),
         result: c,
         caveats: caveats(c, threshold),
-        load: load_settings(c),
+        // How often a point was measured changes how sure a figure is, not the load it measured: the
+        // repeat count is listed under 设置差异, not flagged on every row.
+        load: load_settings(c)
+            .into_iter()
+            .filter(|s| !s.starts_with("repeats="))
+            .collect(),
     }
 }
 
@@ -444,17 +464,25 @@ fn cell_comparison(a: &CellResult, b: &CellResult, ta: f64, tb: f64) -> CellComp
         .into_iter()
         .map(|m| (m.key(), m.ratio(&b.summary, &a.summary)))
         .collect();
+    let intervals = |c: &CellResult| {
+        Metric::ALL
+            .into_iter()
+            .map(|m| (m.key(), m.interval(c)))
+            .collect::<BTreeMap<_, _>>()
+    };
     let row = ratio::row(a.id.clone(), &side("B", b, tb), &side("A", a, ta));
     CellComparison {
         id: a.id.clone(),
         b_id: (b.id != a.id).then(|| b.id.clone()),
         a: values(a),
         b: values(b),
+        a_interval: intervals(a),
+        b_interval: intervals(b),
         ratio: ratios,
         row,
         values: Metric::ALL
             .into_iter()
-            .map(|m| format!("{} → {}", m.headline(&a.summary), m.headline(&b.summary)))
+            .map(|m| format!("{} → {}", m.headline(a), m.headline(b)))
             .collect(),
     }
 }

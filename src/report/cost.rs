@@ -53,12 +53,44 @@ fn per(x: Option<f64>, y: Option<f64>) -> Option<f64> {
 }
 
 impl Economics {
+    /// A cell's economics. For a cell measured several times, the per-token and per-million figures are
+    /// the means over repeats of each repeat's own, like its headline figures: its summary's throughputs
+    /// are means while its duration and energy add up over repeats, so they do not multiply into one
+    /// repeat's token count.
     pub fn of(cell: &CellResult, cost: Option<&Cost>) -> Economics {
-        let s = &cell.summary;
+        let mut e = Economics::of_measurement(&cell.summary, &cell.telemetry, cost);
+        if cell.repeats.len() > 1 {
+            let each: Vec<Economics> = cell
+                .repeats
+                .iter()
+                .map(|r| Economics::of_measurement(&r.summary, &r.telemetry, cost))
+                .collect();
+            let mean = |f: fn(&Economics) -> Option<f64>| {
+                let v: Option<Vec<f64>> = each.iter().map(f).collect();
+                v.filter(|v| !v.is_empty())
+                    .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            e.j_per_output_token = mean(|x| x.j_per_output_token);
+            e.j_per_token = mean(|x| x.j_per_token);
+            e.kwh_per_1m_output = mean(|x| x.kwh_per_1m_output);
+            e.cost_per_1m_output = mean(|x| x.cost_per_1m_output);
+            e.cost_per_1m_tokens = mean(|x| x.cost_per_1m_tokens);
+            e.electricity_per_1m_output = mean(|x| x.electricity_per_1m_output);
+            e.electricity_per_1m_tokens = mean(|x| x.electricity_per_1m_tokens);
+        }
+        e
+    }
+
+    /// The economics of one measurement (a cell measured once, or one repeat).
+    fn of_measurement(
+        s: &crate::stats::Summary,
+        telemetry: &crate::telemetry::Telemetry,
+        cost: Option<&Cost>,
+    ) -> Economics {
         let tokens = |rate: Option<f64>| rate.map(|r| r * s.duration_s);
         let (output, total) = (tokens(s.output_tokens_per_s), tokens(s.total_tokens_per_s));
-        let energy_j = cell.telemetry.gpu.as_ref().and_then(|g| g.total.energy_j);
-        let gpus = cell.telemetry.gpus.as_ref().map(|g| g.count);
+        let energy_j = telemetry.gpu.as_ref().and_then(|g| g.total.energy_j);
+        let gpus = telemetry.gpus.as_ref().map(|g| g.count);
         let mut e = Economics {
             gpus,
             energy_j,
@@ -381,11 +413,23 @@ fn cost_row(config: String, cell: &CellPlan, r: &CellResult, cost: Option<&Cost>
     }
 }
 
-/// Share of a cell's measured requests that met every SLO; `None` without SLOs.
+/// Share of a cell's measured requests that met every SLO (over every repeat's requests); `None`
+/// without SLOs.
 fn slo_share(r: &CellResult) -> Option<f64> {
-    let s = &r.summary;
-    let met = s.goodput_rps? * s.duration_s;
-    (s.requests > 0).then(|| met / s.requests as f64)
+    let single = [&r.summary];
+    let parts: Vec<&crate::stats::Summary> = if r.repeats.is_empty() {
+        single.to_vec()
+    } else {
+        r.repeats.iter().map(|x| &x.summary).collect()
+    };
+    let met: Option<f64> = parts
+        .iter()
+        .map(|s| s.goodput_rps.map(|g| g * s.duration_s))
+        .sum();
+    let requests: u64 = parts.iter().map(|s| s.requests).sum();
+    (requests > 0)
+        .then(|| met.map(|m| m / requests as f64))
+        .flatten()
 }
 
 /// `TTFT ≤ 2s、TPOT ≤ 50ms`.

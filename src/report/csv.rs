@@ -5,8 +5,11 @@
 //! (likewise only appended to); then one `var.NAME` column per extra matrix variable found in the
 //! results, sorted by name. Numbers are written with full precision (the report rounds, the CSV does not); a value
 //! that does not exist or was not measured (`None`) is an empty field, never 0. `total_tokens_per_s`
-//! counts input and output tokens as the server reported them.
+//! counts input and output tokens as the server reported them. For a point measured several times the
+//! figures are those of `result.json`'s summary (headline figures: means over repeats), and the
+//! `*_ci95_lo`/`*_ci95_hi` columns give their 95 % intervals.
 
+use super::metric::Metric;
 use crate::stats::Dist;
 use crate::store::CellResult;
 
@@ -57,6 +60,23 @@ pub const CORE_COLUMNS: &[&str] = &[
     "finished_at",
     "hash",
     "input_tokens_unknown",
+    // How many times the point was measured, then the 95 % interval over repeats of each headline
+    // figure (in `Metric::ALL` order; empty for a point measured once).
+    "repeats",
+    "qps_ci95_lo",
+    "qps_ci95_hi",
+    "prompt_tps_ci95_lo",
+    "prompt_tps_ci95_hi",
+    "decode_tps_ci95_lo",
+    "decode_tps_ci95_hi",
+    "output_tokens_per_s_ci95_lo",
+    "output_tokens_per_s_ci95_hi",
+    "ttft_mean_ms_ci95_lo",
+    "ttft_mean_ms_ci95_hi",
+    "e2e_mean_ms_ci95_lo",
+    "e2e_mean_ms_ci95_hi",
+    "tpot_mean_ms_ci95_lo",
+    "tpot_mean_ms_ci95_hi",
 ];
 
 /// Variables that already have a core column.
@@ -176,7 +196,14 @@ fn core_fields(c: &CellResult) -> Vec<String> {
         c.finished_at.clone(),
         c.hash.clone(),
         s.input_tokens.unknown.to_string(),
+        c.repeats.len().max(1).to_string(),
     ];
+    let mut fields = fields;
+    for m in Metric::ALL {
+        let interval = m.interval(c);
+        fields.push(opt_num(interval.map(|i| i.lo)));
+        fields.push(opt_num(interval.map(|i| i.hi)));
+    }
     debug_assert_eq!(fields.len(), CORE_COLUMNS.len());
     fields
 }

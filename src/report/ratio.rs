@@ -5,6 +5,10 @@
 //! side has a caveat (see [`super::caveat`]), when the prefix-cache hit rate is known on one side only (a
 //! cached prefill against a real one cannot be ruled out), when a figure was not measured on a side (its
 //! ratio is `—`), or when the two ran under different load settings.
+//!
+//! Where both cells were measured several times, the row also names the figures whose 95 % intervals
+//! overlap: 差异不显著 (see [`Metric::not_significant`]). Where either side was measured once it says
+//! nothing about significance.
 
 use serde::Serialize;
 
@@ -29,9 +33,12 @@ pub struct Side<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct RatioRow {
     pub concurrency: String,
-    /// `⚠ ` and the reasons the ratio may mislead, or empty.
+    /// `差异不显著：…` for figures whose intervals overlap, then `⚠ ` and the reasons the ratio may
+    /// mislead; empty when there is nothing to say.
     pub note: String,
     pub warn: bool,
+    /// Keys of the figures whose difference is not significant (both sides repeated, intervals overlap).
+    pub not_significant: Vec<&'static str>,
     pub qps: String,
     pub prompt_tps: String,
     pub decode_tps: String,
@@ -50,14 +57,22 @@ pub fn row(concurrency: String, num: &Side, den: &Side) -> RatioRow {
         m.ratio(&num.result.summary, &den.result.summary)
             .map_or_else(|| NONE.to_string(), format::ratio)
     };
+    let overlapping: Vec<Metric> = Metric::ALL
+        .into_iter()
+        .filter(|m| m.not_significant(num.result, den.result) == Some(true))
+        .collect();
+    let mut note = Vec::new();
+    if let Some(text) = significance(&overlapping) {
+        note.push(text);
+    }
+    if !reasons.is_empty() {
+        note.push(format!("⚠ {}", reasons.join("；")));
+    }
     RatioRow {
         concurrency,
         warn: !reasons.is_empty(),
-        note: if reasons.is_empty() {
-            String::new()
-        } else {
-            format::cell_text(&format!("⚠ {}", reasons.join("；")))
-        },
+        not_significant: overlapping.iter().map(|m| m.key()).collect(),
+        note: format::cell_text(&note.join("；")),
         qps: r(Metric::Qps),
         prompt_tps: r(Metric::PromptTps),
         decode_tps: r(Metric::DecodeTps),
@@ -66,6 +81,23 @@ pub fn row(concurrency: String, num: &Side, den: &Side) -> RatioRow {
         e2e: r(Metric::E2e),
         tpot: r(Metric::Tpot),
         cost_out: NONE.to_string(),
+    }
+}
+
+/// What a ratio row says about the figures whose intervals overlap: `差异不显著：QPS、TTFT`, or
+/// `各项差异均不显著` for all of them; `None` for none.
+pub fn significance(overlapping: &[Metric]) -> Option<String> {
+    match overlapping.len() {
+        0 => None,
+        n if n == Metric::ALL.len() => Some("各项差异均不显著".to_string()),
+        _ => Some(format!(
+            "差异不显著：{}",
+            overlapping
+                .iter()
+                .map(|m| m.label())
+                .collect::<Vec<_>>()
+                .join("、")
+        )),
     }
 }
 
@@ -113,5 +145,61 @@ pub fn only_in(a: &[String], b: &[String]) -> String {
         "无".to_string()
     } else {
         v.join("，")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::metric::tests::repeated;
+
+    fn side<'a>(label: &str, result: &'a CellResult) -> Side<'a> {
+        Side {
+            label: label.into(),
+            result,
+            caveats: Vec::new(),
+            load: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_row_says_not_significant_exactly_where_the_intervals_overlap() {
+        let base = repeated(&[Some(790.0), Some(800.0), Some(810.0)]); // 800 ± 24.8
+        let near = repeated(&[Some(810.0), Some(820.0), Some(830.0)]); // overlaps
+        let far = repeated(&[Some(890.0), Some(900.0), Some(910.0)]); // does not
+        let once = repeated(&[Some(820.0)]);
+
+        let row = row("1".into(), &side("B", &near), &side("A", &base));
+        // QPS is 1.0 in every repeat (a zero-width interval on both sides: they touch, so overlap);
+        // output throughput overlaps; the rest was not measured.
+        assert_eq!(row.not_significant, ["qps", "output_tps"]);
+        assert!(
+            row.note.starts_with("差异不显著：QPS、输出吞吐"),
+            "{}",
+            row.note
+        );
+        assert_eq!(row.output_tps, "1.025×", "the ratio is printed as ever");
+
+        let row2 = super::row("1".into(), &side("B", &far), &side("A", &base));
+        assert_eq!(row2.not_significant, ["qps"]);
+        assert!(!row2.note.contains("输出吞吐"), "{}", row2.note);
+
+        // One side measured once: nothing about significance, whatever the numbers.
+        let row3 = super::row("1".into(), &side("B", &once), &side("A", &base));
+        assert!(row3.not_significant.is_empty());
+        assert!(!row3.note.contains("显著"), "{}", row3.note);
+    }
+
+    #[test]
+    fn all_figures_within_the_noise_read_as_one_phrase() {
+        assert_eq!(
+            significance(&Metric::ALL),
+            Some("各项差异均不显著".to_string())
+        );
+        assert_eq!(significance(&[]), None);
+        assert_eq!(
+            significance(&[Metric::Ttft, Metric::Tpot]).as_deref(),
+            Some("差异不显著：TTFT、TPOT")
+        );
     }
 }

@@ -233,6 +233,8 @@ pub struct Report {
     pub show_cost: bool,
     /// Some result has GPU telemetry: tables show J per output token.
     pub show_energy: bool,
+    /// Some measured cell was measured several times: figures with intervals, significance in ratios.
+    pub repeated: bool,
     /// `[cost]`'s currency (empty without one).
     pub currency: String,
     /// The 成本与能耗 section: its number, the prices, one part per model.
@@ -415,6 +417,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
             .any(|s| s.precision.eq_ignore_ascii_case("nvfp4")),
     );
     let costs = super::cost::sections(exp, &done_cells, &ratios);
+    let repeated = done_cells.iter().any(|(_, _, r)| r.repeats.len() > 1);
     let cost_number = number(!costs.is_empty()).unwrap_or_default();
     let models = model_infos(exp, plan, stored, &sections, &charts);
 
@@ -469,6 +472,7 @@ pub fn build(exp: &Experiment, plan: &Plan, stored: &Stored, generated_at: &str)
         unreadable: stored.unreadable.clone(),
         show_cost: exp.cost.is_some(),
         show_energy: stored.results.values().any(|r| r.telemetry.gpu.is_some()),
+        repeated,
         currency: exp
             .cost
             .as_ref()
@@ -578,9 +582,9 @@ fn measured_row(
     threshold: f64,
 ) -> Row {
     let s = &result.summary;
-    let mut qps = Metric::Qps.headline(s);
-    let mut ttft = Metric::Ttft.headline(s);
-    let mut tpot = Metric::Tpot.headline(s);
+    let mut qps = Metric::Qps.headline(result);
+    let mut ttft = Metric::Ttft.headline(result);
+    let mut tpot = Metric::Tpot.headline(result);
     let mut input_tokens = format::tokens(&s.input_tokens);
     let mut hit_rate = match result.server_metrics.prefix_cache_hit_rate {
         Some(rate) => format::percent(rate),
@@ -612,7 +616,11 @@ fn measured_row(
         &result.engine,
         result.engine_version.as_deref(),
     )];
-    remark.extend(load_remarks(cell, Some(s.requests)));
+    let measured = result
+        .repeats
+        .first()
+        .map_or(s.requests, |r| r.summary.requests);
+    remark.extend(load_remarks(cell, Some(measured)));
     if changed {
         remark.push("⚠ 旧设置的结果".into());
     }
@@ -627,16 +635,16 @@ fn measured_row(
         },
         concurrency: cell.load.concurrency.to_string(),
         qps,
-        prompt_tps: Metric::PromptTps.headline(s),
-        decode_tps: Metric::DecodeTps.headline(s),
+        prompt_tps: Metric::PromptTps.headline(result),
+        decode_tps: Metric::DecodeTps.headline(result),
         ttft,
-        e2e: Metric::E2e.headline(s),
+        e2e: Metric::E2e.headline(result),
         tpot,
         input_tokens,
         output_tokens: format::tokens(&s.output_tokens),
         hit_rate,
         output_check,
-        output_tps: Metric::OutputTps.headline(s),
+        output_tps: Metric::OutputTps.headline(result),
         economy: super::cost::RowCost::none(),
         remark: format::cell_text(&remark.join("；")),
         warnings,
@@ -666,11 +674,18 @@ fn output_check_text(s: &crate::stats::Summary) -> String {
     }
 }
 
-/// The load settings a reader needs next to a row: request count, explicit caps, arrival rate.
+/// The load settings a reader needs next to a row: request count (per repeat, and how many repeats),
+/// explicit caps, arrival rate. The first entry (the count) is what the row measured, not a setting
+/// that makes two rows' load differ.
 pub(super) fn load_remarks(cell: &CellPlan, measured: Option<u64>) -> Vec<String> {
     let l = &cell.load;
+    let repeats = if l.repeats > 1 {
+        format!(" × {} 次重复", l.repeats)
+    } else {
+        String::new()
+    };
     let mut out = vec![format!(
-        "{} req / c={}",
+        "{} req{repeats} / c={}",
         measured.unwrap_or(u64::from(l.requests)),
         l.concurrency
     )];

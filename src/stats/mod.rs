@@ -15,7 +15,9 @@
 //!   their place (see [`summarize`] for what each figure needs).
 //! - [`percentile`] is the project's one percentile: everything that reports one calls it.
 
+pub mod interval;
 pub mod record;
+pub mod repeats;
 
 use std::collections::BTreeMap;
 
@@ -482,6 +484,8 @@ mod tests {
             },
             save_prompts: false,
             connections: Default::default(),
+            repeats: 1,
+            repeat: 1,
         }
     }
 
