@@ -104,6 +104,17 @@ pub struct Bars {
     pub decode_tps: Option<(f64, f64)>,
 }
 
+impl ChartSet {
+    /// For each series (one line), `f` of each of its points that gives something: the data of one
+    /// chart element per line (its points, its error bars).
+    fn per_series<T>(&self, f: impl Fn(&Series, &Point) -> Option<T>) -> Vec<Vec<T>> {
+        self.series
+            .iter()
+            .map(|s| s.points.iter().filter_map(|p| f(s, p)).collect())
+            .collect()
+    }
+}
+
 impl Point {
     /// Per-user decode speed (tokens/s per user), where it was measured and is positive.
     pub fn interactivity(&self) -> Option<f64> {
@@ -209,30 +220,12 @@ fn concurrency_panel(
     (name, unit): (&str, &str),
     (get, bars): (Getter, BarGetter),
 ) -> anyhow::Result<()> {
-    let lines: Vec<Vec<(f64, f64)>> = set
-        .series
-        .iter()
-        .map(|s| {
-            s.points
-                .iter()
-                .filter_map(|p| finite(f64::from(p.concurrency), get(p)))
-                .collect()
-        })
-        .collect();
-    let errors: Vec<Vec<(f64, f64, f64, f64)>> = set
-        .series
-        .iter()
-        .map(|s| {
-            s.points
-                .iter()
-                .filter_map(|p| {
-                    let (x, v) = finite(f64::from(p.concurrency), get(p))?;
-                    let (lo, hi) = bar(Some(v), bars(p))?;
-                    Some((x, lo, v, hi))
-                })
-                .collect()
-        })
-        .collect();
+    let lines = set.per_series(|_, p| finite(f64::from(p.concurrency), get(p)));
+    let errors = set.per_series(|_, p| {
+        let (x, v) = finite(f64::from(p.concurrency), get(p))?;
+        let (lo, hi) = bar(Some(v), bars(p))?;
+        Some((x, lo, v, hi))
+    });
     // The axis makes room for the bars' tops and for their bottoms where a log axis can show them.
     let mut values: Vec<f64> = lines.iter().flatten().map(|p| p.1).collect();
     for &(_, lo, _, hi) in errors.iter().flatten() {
@@ -309,38 +302,20 @@ fn concurrency_panel(
 
 fn interactivity(set: &ChartSet) -> anyhow::Result<String> {
     let mut entries = legend_entries(set);
-    let points: Vec<Vec<(f64, f64, u32)>> = set
-        .series
-        .iter()
-        .map(|s| {
-            s.points
-                .iter()
-                .filter_map(|p| {
-                    let (x, y) = finite(p.interactivity()?, s.per_gpu(p))?;
-                    Some((x, y, p.concurrency))
-                })
-                .collect()
-        })
-        .collect();
+    let points = set.per_series(|s, p| {
+        let (x, y) = finite(p.interactivity()?, s.per_gpu(p))?;
+        Some((x, y, p.concurrency))
+    });
     // Error bars: (x, y, x interval, y interval) where the cell was measured several times.
     type Cross = (f64, f64, Option<(f64, f64)>, Option<(f64, f64)>);
-    let crosses: Vec<Vec<Cross>> = set
-        .series
-        .iter()
-        .map(|s| {
-            s.points
-                .iter()
-                .filter_map(|p| {
-                    let (x, y) = finite(p.interactivity()?, s.per_gpu(p))?;
-                    let (xb, yb) = (
-                        bar(Some(x), p.bars.decode_tps),
-                        bar(Some(y), s.per_gpu_bar(p)),
-                    );
-                    (xb.is_some() || yb.is_some()).then_some((x, y, xb, yb))
-                })
-                .collect()
-        })
-        .collect();
+    let crosses: Vec<Vec<Cross>> = set.per_series(|s, p| {
+        let (x, y) = finite(p.interactivity()?, s.per_gpu(p))?;
+        let (xb, yb) = (
+            bar(Some(x), p.bars.decode_tps),
+            bar(Some(y), s.per_gpu_bar(p)),
+        );
+        (xb.is_some() || yb.is_some()).then_some((x, y, xb, yb))
+    });
     let all: Vec<(f64, f64)> = points.iter().flatten().map(|p| (p.0, p.1)).collect();
     let frontier = pareto(&all);
     if frontier.len() > 1 {
