@@ -63,7 +63,17 @@ done
 for _ in $(seq 150); do
   states=$(sinfo -h -N -p twohosts -o '%T' 2>/dev/null | sort -u | tr '\n' ' ')
   case "$states" in
-    "idle "|"idle mixed "|"mixed "|"allocated "*) log "nodea and nodeb up ($states)"; exit 0 ;;
+    "idle "|"idle mixed "|"mixed "|"allocated "*)
+      # Listed as idle is not yet running jobs (see slurm-up.sh): a one-second job on each proves it.
+      for node in nodea nodeb; do
+        timeout 120 sbatch --wait -J runner-smoke -p twohosts -w $node -t 1 -o /dev/null --wrap true >/dev/null || {
+          log "a one-second test job did not run on $node"
+          squeue -h -n runner-smoke -o %i | xargs -r scancel
+          sinfo -N >&2 || true
+          exit 1
+        }
+      done
+      log "nodea and nodeb up ($states)"; exit 0 ;;
   esac
   for node in nodea nodeb; do
     case "$(sinfo -h -N -n $node -o '%T' 2>/dev/null)" in

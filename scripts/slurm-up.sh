@@ -8,7 +8,8 @@
 # - Two fake GPUs for scheduling: character devices /dev/fakegpu0 and /dev/fakegpu1 behind `Gres=gpu:2`,
 #   so that two `--gres=gpu:1` jobs run at once with CUDA_VISIBLE_DEVICES=0 and 1 and a third waits.
 #   (Regular files in place of the devices do not make Slurm set CUDA_VISIBLE_DEVICES.)
-# - munged, slurmctld and slurmd started directly, as root; the script waits until the node is idle.
+# - munged, slurmctld and slurmd started directly, as root; the script waits until the node is idle and
+#   a one-second job has run on it.
 #
 # Configuration in /etc/slurm, state in /var/spool/slurm*, logs in /var/log/slurm.
 set -euo pipefail
@@ -123,18 +124,39 @@ for f in slurm.conf gres.conf; do
   fi
 done
 
+# A daemon that was told to stop is waited for: one still shutting down would look running and not be
+# started again.
+stop() {
+  running "$1" || return 0
+  local pid; pid=$(cat "$1")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
 if [ $changed = 1 ]; then
-  for pidfile in /run/slurmd*.pid /run/slurmctld.pid; do
-    if running "$pidfile"; then kill "$(cat "$pidfile")"; sleep 1; fi
-  done
+  for pidfile in /run/slurmd*.pid /run/slurmctld.pid; do stop "$pidfile"; done
 fi
 if ! running /run/slurmctld.pid; then log "starting slurmctld"; slurmctld; fi
 if ! running "/run/slurmd-$host.pid"; then log "starting slurmd"; slurmd; fi
 
+# A node that slurmctld lists as idle may still be one that its restarted controller only remembers:
+# a one-second job proves that jobs run.
+smoke() {
+  local out
+  if out=$(timeout 120 sbatch --wait --parsable -J runner-smoke -t 1 -o /dev/null "$@" --wrap true 2>&1); then
+    return 0
+  fi
+  log "a one-second test job did not run (sbatch $*: $out)"
+  squeue -h -n runner-smoke -o %i | xargs -r scancel
+  sinfo -N >&2 || true
+  tail -n 20 /var/log/slurm/slurmctld.log >&2 || true
+  return 1
+}
+
 for _ in $(seq 150); do
   state=$(node_state || true)
   case "$state" in
-    idle|mixed|allocated) log "cluster up ($state)"; exit 0 ;;
+    idle|mixed|allocated) smoke -w "$host" || exit 1; log "cluster up ($state)"; exit 0 ;;
     down*|drain*|inval*) scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true ;;
   esac
   sleep 0.2

@@ -11,12 +11,16 @@
 //! the cluster's two GPUs, so they take turns.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::common::{run_in, runner_bin, text};
 use crate::executor::{four_servers, json, most_at_once, server_records};
+
+/// How long a test waits for the cluster to get a job going: generous, since CI machines are slow and
+/// busy; a wait that runs out explains itself (`Coordinator::diagnosis`).
+const WAIT: Duration = Duration::from_secs(180);
 
 /// One test at a time on the cluster's two GPUs.
 static CLUSTER: Mutex<()> = Mutex::new(());
@@ -96,23 +100,144 @@ fn job_ids(results: &Path) -> Vec<(String, String)> {
     out
 }
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+/// Waits up to `limit` for `ok`; on a timeout the panic says what the cluster and `coordinator` were
+/// doing (the queue, the nodes, the coordinator's words, the jobs' output), so that a failure in CI
+/// explains itself.
+fn wait_for(
+    what: &str,
+    limit: Duration,
+    coordinator: &Coordinator,
+    results: &Path,
+    mut ok: impl FnMut() -> bool,
+) {
     let t0 = Instant::now();
     while !ok() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        if t0.elapsed() >= limit {
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                coordinator.diagnosis(results)
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn spawn_coordinator(dir: &Path) -> std::process::Child {
-    Command::new(runner_bin())
-        .args(["run", "four.toml"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runner starts")
+/// `runner run four.toml` in the background. Its stderr is read as it comes (a full pipe would stall
+/// it); dropped before it ended (an assertion failed), it gets Ctrl-C and is waited for, so that it
+/// cancels its jobs and the next test finds the cluster's GPUs free.
+struct Coordinator {
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    seen: std::sync::Arc<Mutex<String>>,
+}
+
+impl Coordinator {
+    fn spawn(dir: &Path) -> Coordinator {
+        let mut child = Command::new(runner_bin())
+            .args(["run", "four.toml"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runner starts");
+        let pipe = child.stderr.take().expect("piped stderr");
+        let seen = std::sync::Arc::new(Mutex::new(String::new()));
+        let sink = seen.clone();
+        let stderr = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut all = sink.lock().unwrap_or_else(|e| e.into_inner());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        });
+        Coordinator {
+            child,
+            stderr: Some(stderr),
+            seen,
+        }
+    }
+
+    fn interrupt(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+    }
+
+    /// Its exit status within `limit`, and everything it wrote to stderr.
+    fn wait(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "the coordinator did not end within {limit:?}:\n{}",
+                self.seen.lock().unwrap_or_else(|e| e.into_inner())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stderr = self.stderr.take().map(|t| t.join().unwrap_or_default());
+        (status, stderr.unwrap_or_default())
+    }
+
+    /// What a timed-out wait reports.
+    fn diagnosis(&self, results: &Path) -> String {
+        let run = |program: &str, args: &[&str]| match Command::new(program).args(args).output() {
+            Ok(o) => format!("{}{}", text(&o.stdout), text(&o.stderr)),
+            Err(e) => format!("{program}: {e}\n"),
+        };
+        let mut out = String::new();
+        out += "--- squeue\n";
+        out += &run("squeue", &["-o", "%i %j %T %r %M %N"]);
+        out += "--- sinfo -N\n";
+        out += &run("sinfo", &["-N", "-o", "%N %T %E %G"]);
+        out += "--- the coordinator's stderr\n";
+        out += &self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for name in ["slurm-", "server.log"] {
+            for file in crate::common::files_under(&results.join("servers"), |p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(name))
+            }) {
+                let body = std::fs::read_to_string(&file).unwrap_or_default();
+                let tail: Vec<&str> = body.lines().rev().take(15).collect();
+                out += &format!("--- {}\n", file.display());
+                for line in tail.iter().rev() {
+                    out += line;
+                    out += "\n";
+                }
+            }
+        }
+        if let Ok(log) = std::fs::read_to_string("/var/log/slurm/slurmctld.log") {
+            out += "--- slurmctld.log (tail)\n";
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            for line in tail.iter().rev() {
+                out += line;
+                out += "\n";
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.interrupt();
+            let t0 = Instant::now();
+            while matches!(self.child.try_wait(), Ok(None))
+                && t0.elapsed() < Duration::from_secs(120)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn cell_results(results: &Path) -> usize {
@@ -163,13 +288,32 @@ fn a_cancelled_job_is_recorded_failed_and_the_rerun_resubmits_only_its_cells() {
     let _cluster = require_slurm();
     let (_tmp, dir) = setup(&slurm_experiment(true));
     let results = dir.join("results/four");
-    let coordinator = spawn_coordinator(&dir);
-    // The first job, once its unit runs its server.
-    let first = "tiny/a/sim/step=25";
-    wait_for("the first job to run", Duration::from_secs(60), || {
-        std::fs::read_to_string(results.join(format!("servers/{first}/server.log")))
-            .is_ok_and(|log| log.contains("starting server"))
-    });
+    let mut coordinator = Coordinator::spawn(&dir);
+    // The first job whose unit runs its server (Slurm decides which starts first).
+    let mut started = None;
+    wait_for(
+        "a job to run its server",
+        WAIT,
+        &coordinator,
+        &results,
+        || {
+            started = crate::common::files_named(&results.join("servers"), "server.log")
+                .into_iter()
+                .find(|log| {
+                    std::fs::read_to_string(log).is_ok_and(|text| text.contains("starting server"))
+                });
+            started.is_some()
+        },
+    );
+    let first = started
+        .unwrap()
+        .parent()
+        .unwrap()
+        .strip_prefix(results.join("servers"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let first = first.as_str();
     let jobs = job_ids(&results);
     let (_, victim) = jobs
         .iter()
@@ -178,9 +322,8 @@ fn a_cancelled_job_is_recorded_failed_and_the_rerun_resubmits_only_its_cells() {
         .clone();
     let cancelled = Command::new("scancel").arg(&victim).status().unwrap();
     assert!(cancelled.success());
-    let out = coordinator.wait_with_output().expect("coordinator ends");
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (status, stderr) = coordinator.wait(Duration::from_secs(300));
+    assert_eq!(status.code(), Some(1), "{stderr}");
     let record = json(&results.join(format!("servers/{first}/server.json")));
     assert_eq!(record["status"], "failed", "{record}");
     let failure = json(&results.join(format!("cells/{first}/c2/failure.json")));
@@ -212,33 +355,19 @@ fn ctrl_c_on_the_coordinator_cancels_its_jobs_and_leaves_none_queued() {
     let _cluster = require_slurm();
     let (_tmp, dir) = setup(&slurm_experiment(true));
     let results = dir.join("results/four");
-    let mut coordinator = spawn_coordinator(&dir);
-    wait_for("four submitted jobs", Duration::from_secs(60), || {
+    let mut coordinator = Coordinator::spawn(&dir);
+    wait_for("four submitted jobs", WAIT, &coordinator, &results, || {
         job_ids(&results).len() == 4
     });
-    wait_for("a job to run", Duration::from_secs(60), || {
+    wait_for("a job to run", WAIT, &coordinator, &results, || {
         server_records(&results)
             .iter()
             .any(|r| r["status"] == "started")
     });
     let ours: Vec<String> = job_ids(&results).into_iter().map(|(_, j)| j).collect();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(coordinator.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(status) = coordinator.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(100),
-            "the coordinator did not end"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status.code(), Some(130));
+    coordinator.interrupt();
+    let (status, stderr) = coordinator.wait(Duration::from_secs(100));
+    assert_eq!(status.code(), Some(130), "{stderr}");
     let left: Vec<String> = queued().into_iter().filter(|j| ours.contains(j)).collect();
     assert!(left.is_empty(), "jobs still queued: {left:?}");
 }
