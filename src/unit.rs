@@ -662,24 +662,25 @@ async fn start_server(
                         .take()
                         .map_err(|e| fail(format!("no free port: {e}")))?,
                 };
-                let rendered = server
+                let mut rendered = server
                     .render_on(exp, Some(port), gpus.as_deref())
                     .map_err(fail)?;
+                // The slot's GPUs are part of the server's environment: what it is started with, what
+                // its record shows and what telemetry watches all come from `rendered.env`.
+                if let Some(gpus) = &gpus {
+                    rendered
+                        .env
+                        .insert(telemetry::gpuset::CUDA_VISIBLE_DEVICES.into(), gpus.clone());
+                }
                 record.command = command_line(&rendered);
                 record.env = redacted_env(&rendered);
                 record.base_url = rendered.shown_url();
                 record.port = Some(port);
-                let mut env: Vec<(String, String)> = rendered
+                let env: Vec<(String, String)> = rendered
                     .env
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                if let Some(gpus) = &gpus {
-                    env.push(("CUDA_VISIBLE_DEVICES".into(), gpus.clone()));
-                    record
-                        .env
-                        .push(("CUDA_VISIBLE_DEVICES".into(), gpus.clone()));
-                }
                 let spec = ServerSpec {
                     id: server.id.clone(),
                     argv: rendered.argv.clone(),

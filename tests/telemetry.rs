@@ -52,7 +52,11 @@ fn fake_gpu_host(dir: &Path) -> PathBuf {
 }
 
 fn run(dir: &Path, bin: &Path, telemetry: &str) -> std::process::Output {
-    std::fs::write(dir.join("t.toml"), EXPERIMENT).unwrap();
+    run_file(dir, bin, telemetry, EXPERIMENT)
+}
+
+fn run_file(dir: &Path, bin: &Path, telemetry: &str, body: &str) -> std::process::Output {
+    std::fs::write(dir.join("t.toml"), body).unwrap();
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -220,4 +224,39 @@ fn without_gpu_telemetry_every_gpu_figure_is_absent() {
     let md = std::fs::read_to_string(results.join("report/summary.zh.md")).unwrap();
     assert!(md.contains("无 GPU 遥测（GPU 遥测已按设置关闭）"), "{md}");
     assert!(md.contains("每百万输出 token 成本无法计算"), "{md}");
+}
+
+/// With `[executor.local] gpus`, each server is watched on the GPU its slot gave it, not on every GPU
+/// of the host (two run at once, and each must count only its own energy).
+#[test]
+fn a_gpu_slot_is_the_set_its_server_is_watched_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = crate::common::fake_gpu_host(
+        tmp.path(),
+        &[
+            (
+                "lms",
+                "TS, 0, GPU-0000-fake, 200.00, 90, 30000, 81559, 1980, 61, 0x0000000000000004\n\
+                 TS, 1, GPU-0001-fake, 300.00, 90, 30000, 81559, 1980, 61, 0x0000000000000004\n",
+            ),
+            ("mem", "30000\n30000\n"),
+            ("apps", ""),
+        ],
+    );
+    let body = format!("{EXPERIMENT}[executor.local]\ngpus = [1]\n");
+    let out = run_file(tmp.path(), &bin, "nvidia-smi", &body);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let r = json(
+        &tmp.path()
+            .join("results/telemetry/cells/tiny/fp8/sim/c4/result.json"),
+    );
+    let t = &r["telemetry"];
+    assert_eq!(t["gpus"]["from"], "CUDA_VISIBLE_DEVICES", "{t}");
+    assert_eq!(t["gpus"]["count"], 1, "{t}");
+    assert_eq!(t["gpu"]["devices"][0]["uuid"], "GPU-0001-fake", "{t}");
+    close(
+        t["gpu"]["power_mean_w"].as_f64().unwrap(),
+        300.0,
+        "the slot's GPU only",
+    );
 }

@@ -1,7 +1,7 @@
 //! Which GPUs a server holds: the ones its `CUDA_VISIBLE_DEVICES` names, or every GPU of this host when it
-//! names none (today no executor assigns GPUs; one that does sets `CUDA_VISIBLE_DEVICES` in the server's
-//! environment, and this reads it the same way). A server given by `url` on another host holds GPUs this
-//! host cannot see.
+//! names none. A local GPU slot is set as `CUDA_VISIBLE_DEVICES` in the server's environment, and a Slurm
+//! job's `--gres` GPUs are in the job's own (which the server inherits). A server given by `url` on
+//! another host holds GPUs this host cannot see.
 //!
 //! Ids are taken as `nvidia-smi` and NVML number GPUs (PCI bus order). CUDA numbers them the same way
 //! only with `CUDA_DEVICE_ORDER=PCI_BUS_ID`; UUIDs (`GPU-…`) mean the same thing everywhere.
