@@ -7,9 +7,9 @@
 //! prints the table (serial wall time, slots wall time, their ratio).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::common::{repo, run_in, text};
+use crate::common::{Guard, repo, run_in, send, text, wait_for};
 
 /// Four server configurations × two load points on the simulated engine; each configuration takes a
 /// few seconds (slow decode), so that running two at once shows.
@@ -324,15 +324,16 @@ fn one_ctrl_c_stops_every_server_running_on_gpu_slots() {
         .replace("output_tokens = 40", "output_tokens = 400");
     let (_tmp, dir) = setup(&body);
     let results = dir.join("results/four");
-    let mut runner = std::process::Command::new(crate::common::runner_bin())
-        .args(["four.toml"])
-        .current_dir(&dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
+    let mut runner = Guard(
+        std::process::Command::new(crate::common::runner_bin())
+            .args(["four.toml"])
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Each running server's runner.pid exists from its spawn until its teardown.
     let pid_files = || {
         [25, 26]
@@ -344,17 +345,14 @@ fn one_ctrl_c_stops_every_server_running_on_gpu_slots() {
             })
             .count()
     };
-    while pid_files() < 2 {
-        assert!(t0.elapsed().as_secs() < 30, "two servers never ran at once");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(runner.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = runner.wait().unwrap();
+    wait_for(
+        "two servers running at once",
+        Duration::from_secs(30),
+        || pid_files() >= 2,
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    send(&runner, nix::sys::signal::Signal::SIGINT);
+    let status = runner.0.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     let records = server_records(&results);
     let interrupted: Vec<_> = records

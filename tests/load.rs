@@ -14,6 +14,8 @@ use runner::load::{LoadClient, LoadError, PointOutcome, Progress, Target, run_po
 use runner::sim::{SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::common::Guard;
+
 /// Fixed timing (5 ms to first token, 1 ms per token), no loading time.
 fn fast() -> SimConfig {
     SimConfig {
@@ -392,16 +394,6 @@ async fn streamed_summary_equals_the_summary_of_the_same_records() {
     assert_eq!(reread.errors, out.summary.errors);
 }
 
-/// Kills the child on every exit path, so a failed assertion leaves no process behind.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn bench_client_prints_a_row_per_concurrency() {
     use std::io::Read;
@@ -418,7 +410,7 @@ fn bench_client_prints_a_row_per_concurrency() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = Killed(child);
+    let mut child = Guard(child);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {

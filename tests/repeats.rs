@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use crate::common::{run_in, runner_bin, text};
+use crate::common::{Guard, run_in, runner_bin, text, wait_for};
 
 /// One model at one precision (one server), two points; each request takes `output` × `step` ms.
 fn experiment(repeats: u32, output: u32, step: u32) -> String {
@@ -142,24 +142,6 @@ fn repeats_run_interleaved_and_every_request_is_tagged() {
     let plan_text = text(&plan.stdout);
     assert!(plan_text.contains("× 2 repeats"), "{plan_text}");
     assert!(plan_text.contains("12 requests; 2 done"), "{plan_text}");
-}
-
-/// Kills the child on drop, so a failing assertion leaves nothing running.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -3,10 +3,10 @@
 //! runner killed hard leaves a server that the next run cleans up, and no finished cell is lost or rerun.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::common::{files_named, run_in, runner_bin, text};
+use crate::common::{Guard, exit_within, files_named, run_in, runner_bin, send, text, wait_for};
 
 /// A small experiment: one model, two precisions (two servers), two load points each.
 fn experiment(slow: bool, shell: bool) -> String {
@@ -76,16 +76,6 @@ fn csv_rows(dir: &Path) -> usize {
     text.lines().count().saturating_sub(1)
 }
 
-/// Kills the child on drop, so a failing assertion leaves nothing running.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_runner(dir: &Path) -> Guard {
     Guard(
         Command::new(runner_bin())
@@ -97,14 +87,6 @@ fn spawn_runner(dir: &Path) -> Guard {
             .spawn()
             .expect("runner starts"),
     )
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Process ids whose process group is `pgid` (zombies excluded), from /proc.
@@ -225,20 +207,9 @@ fn ctrl_c_mid_load_exits_130_tears_the_server_down_and_keeps_finished_cells() {
     let pgid = pid_file(&dir.path)["pgid"].as_i64().expect("pgid") as i32;
     assert!(!group_members(pgid).is_empty(), "the server runs");
     std::thread::sleep(Duration::from_millis(300));
-    let pid = nix::unistd::Pid::from_raw(runner.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(status) = runner.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "runner did not exit after SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(130));
+    send(&runner, nix::sys::signal::Signal::SIGINT);
+    let (code, _) = exit_within(&mut runner, Duration::from_secs(30));
+    assert_eq!(code, Some(130));
     assert!(
         group_members(pgid).is_empty(),
         "no process of the server's group is left"
@@ -426,27 +397,6 @@ fn saved_prompts_are_exact_and_identical_across_runs() {
     let out = run_in(&dir.path, &["e2e.toml", "--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(prompts_of(&dir.path), first);
-}
-
-/// Sends `signal` to the runner.
-fn send(runner: &Guard, signal: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(runner.0.id() as i32);
-    nix::sys::signal::kill(pid, signal).expect("signal the runner");
-}
-
-/// Waits for the runner to exit (at most `limit`) and returns its exit code and how long it took.
-fn exit_within(runner: &mut Guard, limit: Duration) -> (Option<i32>, Duration) {
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = runner.0.try_wait().expect("wait") {
-            return (status.code(), t0.elapsed());
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "the runner did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn server_record(dir: &Path, id: &str) -> serde_json::Value {

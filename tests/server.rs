@@ -12,6 +12,8 @@ use runner::server::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::common::Guard;
+
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -408,16 +410,6 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Kills and reaps a child when the test ends, however it ends.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The pid of a process that has exited (and been reaped).
 fn dead_pid() -> u32 {
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -458,7 +450,7 @@ async fn stale_group_of_a_dead_runner_is_cleaned_up() {
 #[test]
 fn a_live_runner_is_not_disturbed() {
     let case = Case::new();
-    let other = ChildGuard(
+    let other = Guard(
         std::process::Command::new("sleep")
             .arg("60")
             .spawn()

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// The `runner` binary built for these tests.
 pub fn runner_bin() -> PathBuf {
@@ -66,4 +67,44 @@ pub fn fake_gpu_host(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
         std::fs::write(bin.join(name), text).unwrap();
     }
     bin
+}
+
+/// Kills and reaps the child on drop, so a failing assertion leaves nothing running.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `ok` every 20 ms until it holds; fails the test, naming `what`, once `timeout` has passed.
+pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` to the runner.
+pub fn send(runner: &Guard, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(runner.0.id() as i32);
+    nix::sys::signal::kill(pid, signal).expect("signal the runner");
+}
+
+/// Waits for the runner to exit (at most `limit`) and returns its exit code and how long it took.
+pub fn exit_within(runner: &mut Guard, limit: Duration) -> (Option<i32>, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = runner.0.try_wait().expect("wait") {
+            return (status.code(), t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "the runner did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
