@@ -111,7 +111,7 @@ pub fn run(
         for severity in [preflight::Severity::Warning, preflight::Severity::Note] {
             let d = report.diagnostics(severity);
             if !d.is_empty() {
-                eprintln!("pre-flight {}: {d}", severity.label());
+                say(format!("pre-flight {}: {d}", severity.label()));
             }
         }
     }
@@ -275,7 +275,7 @@ pub fn compare(
             .context("writing to stdout")?,
     }
     for problem in a.unreadable.iter().chain(&b.unreadable) {
-        eprintln!("warning: skipped an unreadable record: {problem}");
+        say(format!("warning: skipped an unreadable record: {problem}"));
     }
     if !cmp.only_a.is_empty() || !cmp.only_b.is_empty() {
         say(format!(
@@ -397,15 +397,7 @@ pub fn unit(req: &UnitRequest) -> anyhow::Result<i32> {
     if pending.is_empty() {
         return Ok(exit::OK);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(async {
-        let shutdown = crate::signals::Shutdown::new();
-        let listener = shutdown
-            .listen()
-            .context("installing the signal handlers")?;
+    let result = crate::run::with_signals(async |shutdown| {
         let versions = crate::run::engine_versions(&exp, &[server]).await;
         crate::run::capture_environment(&exp, &store, &versions).await?;
         let client = crate::load::LoadClient::new().context("creating the HTTP client")?;
@@ -414,7 +406,7 @@ pub fn unit(req: &UnitRequest) -> anyhow::Result<i32> {
             exp: &exp,
             store: &store,
             client: &client,
-            shutdown: &shutdown,
+            shutdown,
             ports: &ports,
             force: req.force,
         };
@@ -424,14 +416,11 @@ pub fn unit(req: &UnitRequest) -> anyhow::Result<i32> {
         let result = crate::unit::run(&ctx, &progress, server, &pending, version, &placement).await;
         drop(progress);
         reporter.finish();
-        listener.abort();
         anyhow::Ok(result)
-    });
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    let result = result?;
+    })?;
     Ok(if result.interrupted {
         exit::INTERRUPTED
-    } else if result.server_failed || result.cells_failed > 0 {
+    } else if result.failed() {
         exit::CELLS_FAILED
     } else {
         exit::OK
@@ -449,12 +438,7 @@ pub fn status(file: &Path, view: &View) -> anyhow::Result<i32> {
         .map(|s| store.read_job(s).ok().flatten())
         .collect();
     let queue = if jobs.iter().any(Option::is_some) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        runtime
-            .block_on(crate::executor::slurm::queue())
+        crate::executor::slurm::queue_now()
             .map_err(|e| say(format!("note: {e}")))
             .ok()
     } else {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::executor::{self, Done, Finished, Unit};
+use crate::executor::{self, Done, Unit};
 use crate::exit::{self, Failure};
 use crate::experiment::Experiment;
 use crate::experiment::executor::{ExecutorKind, GpuSet};
@@ -80,15 +80,31 @@ pub fn execute(
     store: &Store,
     policy: &Policy,
 ) -> anyhow::Result<Outcome> {
+    with_signals(async |shutdown| execute_async(exp, plan, store, policy, shutdown).await)
+}
+
+/// Runs `work` on a new runtime that listens for SIGINT, SIGTERM and SIGHUP (see [`Shutdown`]); a
+/// run and a Slurm job's unit both live in one.
+pub fn with_signals<T>(
+    work: impl AsyncFnOnce(&Shutdown) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let outcome = runtime.block_on(execute_async(exp, plan, store, policy));
+    let result = runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        let listener = shutdown
+            .listen()
+            .context("installing the signal handlers")?;
+        let result = work(&shutdown).await;
+        listener.abort();
+        result
+    });
     // A version command still running after an early Ctrl-C must not keep the runner alive: its thread is
     // left behind (the command ends at its own time limit).
     runtime.shutdown_timeout(Duration::from_secs(1));
-    outcome
+    result
 }
 
 /// The GPU slots of a local run: `None` for the serial run. `"all"` asks `nvidia-smi`; a host without
@@ -156,11 +172,8 @@ async fn execute_async(
     plan: &Plan,
     store: &Store,
     policy: &Policy,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<Outcome> {
-    let shutdown = Shutdown::new();
-    let listener = shutdown
-        .listen()
-        .context("installing the signal handlers")?;
     let reporter = Reporter::new(plan.cell_count() as u64, exp.executor.concurrent());
     let mut outcome = Outcome::default();
     let units = units(plan, store, policy.force, &reporter, &mut outcome);
@@ -174,7 +187,7 @@ async fn execute_async(
         plan,
         store,
         policy,
-        shutdown: &shutdown,
+        shutdown,
         reporter: &reporter,
     };
     let work = async {
@@ -185,7 +198,7 @@ async fn execute_async(
                     exp,
                     store,
                     reporter: &reporter,
-                    shutdown: &shutdown,
+                    shutdown,
                     settings: &exp.executor.slurm,
                     force: policy.force,
                     fail_fast: policy.fail_fast,
@@ -200,17 +213,12 @@ async fn execute_async(
             }
         }
     };
-    let (detached, finished) = tokio::join!(work, c.coordinate(finished));
+    let (detached, mut outcome) = tokio::join!(work, c.coordinate(finished, outcome));
     outcome.detached_jobs = detached?;
-    outcome.cells_run += finished.cells_run;
-    outcome.cells_failed += finished.cells_failed;
-    outcome.servers_failed += finished.servers_failed;
-    outcome.interrupted |= finished.interrupted;
     if shutdown.stopping().is_cancelled() {
         outcome.interrupted = true;
     }
     reporter.finish();
-    listener.abort();
     Ok(outcome)
 }
 
@@ -313,17 +321,17 @@ impl Coordinator<'_> {
         Ok(())
     }
 
-    /// Follows finished units until every executor is done: adds up their outcomes and re-renders the
-    /// report after each (several finished at once are rendered once).
+    /// Follows finished units until every executor is done: adds their outcomes to `outcome` and
+    /// re-renders the report after each (several finished at once are rendered once).
     async fn coordinate(
         &self,
-        mut finished: tokio::sync::mpsc::UnboundedReceiver<Finished>,
+        mut finished: tokio::sync::mpsc::UnboundedReceiver<UnitResult>,
+        mut outcome: Outcome,
     ) -> Outcome {
-        let mut outcome = Outcome::default();
         while let Some(first) = finished.recv().await {
-            outcome.add(&first.result);
+            outcome.add(&first);
             while let Ok(more) = finished.try_recv() {
-                outcome.add(&more.result);
+                outcome.add(&more);
             }
             // Re-rendered as units finish, so a crash later loses no report.
             match render_report(self.exp, self.plan, self.store).await {

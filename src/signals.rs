@@ -5,7 +5,7 @@
 //!   KILL), finished cells are kept, the run exits 130.
 //! - Any later one asks to kill at once: [`Shutdown::killing`] fires, and every loop that owns a server
 //!   process group SIGKILLs it immediately, in whatever phase it is (starting, waiting for readiness, under
-//!   load, or already in a teardown's grace period). See `run::guard`.
+//!   load, or already in a teardown's grace period). See `unit::guard`.
 //!
 //! Both are level-triggered tokens, not events that can be missed: a phase that starts after the signal
 //! arrived sees it at once. The model is nextest's: signals become data consumed by the loop that owns

@@ -256,6 +256,21 @@ pub struct CellFailure {
     pub at: String,
 }
 
+impl CellFailure {
+    /// `cell` of server `server_id` failed now, for `reason`.
+    pub fn new(server_id: &str, cell: &CellPlan, reason: String, log_tail: Vec<String>) -> Self {
+        CellFailure {
+            schema: Schema::default(),
+            id: cell.id.clone(),
+            hash: cell.hash.clone(),
+            server_id: server_id.to_string(),
+            reason,
+            log_tail,
+            at: now_rfc3339(),
+        }
+    }
+}
+
 /// How a server configuration's life ended, in `server.json`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

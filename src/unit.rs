@@ -67,6 +67,13 @@ pub struct Placement {
     pub gpus: Option<Vec<String>>,
 }
 
+impl UnitResult {
+    /// Whether the unit failed (its server, or any cell): this stops a `--fail-fast` run.
+    pub fn failed(&self) -> bool {
+        self.server_failed || self.cells_failed > 0
+    }
+}
+
 impl Placement {
     /// `0,1`, as `CUDA_VISIBLE_DEVICES` and `{{ gpus }}` take it.
     pub fn gpu_list(&self) -> Option<String> {
@@ -290,18 +297,14 @@ async fn run_server(
             if let Some(teardown) = &failure.teardown {
                 record_teardown(reporter, &mut record, teardown);
             }
-            record.status = if failure.interrupted {
+            record.reason = Some(failure.reason.clone());
+            record.log_tail = failure.log_tail.clone();
+            let status = if failure.interrupted {
                 ServerStatus::Interrupted
             } else {
                 ServerStatus::Failed
             };
-            record.reason = Some(failure.reason.clone());
-            record.log_tail = failure.log_tail.clone();
-            record.finished_at = Some(now_rfc3339());
-            write_or_warn(reporter, store.write_server(&record), "server record");
-            if let Some(port) = record.port {
-                ctx.ports.release(port);
-            }
+            close_record(ctx, reporter, &mut record, status);
             if failure.interrupted {
                 result.interrupted = true;
                 return result;
@@ -517,19 +520,30 @@ async fn run_server(
         let teardown = guard(r.stop(), ctx.shutdown, group.as_ref()).await;
         record_teardown(reporter, &mut record, &teardown);
     }
-    record.status = if result.interrupted {
+    let status = if result.interrupted {
         ServerStatus::Interrupted
     } else if result.server_failed {
         ServerStatus::Failed
     } else {
         ServerStatus::Ok
     };
+    close_record(ctx, reporter, &mut record, status);
+    result
+}
+
+/// The server's life is over: its record gets the outcome and is written, and its port is free again.
+fn close_record(
+    ctx: &Context<'_>,
+    reporter: &UnitProgress<'_>,
+    record: &mut ServerRecord,
+    status: ServerStatus,
+) {
+    record.status = status;
     record.finished_at = Some(now_rfc3339());
-    write_or_warn(reporter, store.write_server(&record), "server record");
+    write_or_warn(reporter, ctx.store.write_server(record), "server record");
     if let Some(port) = record.port {
         ctx.ports.release(port);
     }
-    result
 }
 
 /// The reason a point in which no request succeeded failed. Every request answered 404 almost always
@@ -762,15 +776,7 @@ fn fail_cell(
     reason: &str,
     log_tail: &[String],
 ) {
-    let failure = CellFailure {
-        schema: Schema::default(),
-        id: cell.id.clone(),
-        hash: cell.hash.clone(),
-        server_id: server.id.clone(),
-        reason: reason.to_string(),
-        log_tail: log_tail.to_vec(),
-        at: now_rfc3339(),
-    };
+    let failure = CellFailure::new(&server.id, cell, reason.to_string(), log_tail.to_vec());
     write_or_warn(reporter, store.write_failure(&failure), "failure record");
     reporter.cells_done(1);
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use super::{Done, Finished, Unit, failed};
+use super::{Done, Unit};
 use crate::progress::Reporter;
 use crate::unit::{self, Placement};
 
@@ -73,10 +73,10 @@ pub async fn run(
             let version = versions.get(&u.server.engine).cloned().flatten();
             running.push(async move {
                 let progress = reporter.unit(&u.server.id);
-                let on = match &placement.gpus {
-                    Some(g) => format!(" on GPU {}", g.join(",")),
-                    None => String::new(),
-                };
+                let on = placement
+                    .gpu_list()
+                    .map(|g| format!(" on GPU {g}"))
+                    .unwrap_or_default();
                 progress.line(format!(
                     "[{}/{total}] {}: {} cell(s) to run{on}",
                     u.index + 1,
@@ -85,20 +85,20 @@ pub async fn run(
                 ));
                 let result =
                     unit::run(ctx, &progress, u.server, &u.pending, version, &placement).await;
-                (u.server.id.clone(), gpus, result)
+                (gpus, result)
             });
         }
-        let Some((server_id, gpus, result)) = running.next().await else {
+        let Some((gpus, result)) = running.next().await else {
             break;
         };
         if let Some(gpus) = gpus {
             free.extend(gpus);
             free.sort_unstable();
         }
-        if result.interrupted || (fail_fast && failed(&result)) {
+        if result.interrupted || (fail_fast && result.failed()) {
             stop_starting = true;
         }
         // The coordinator may have stopped listening (it never does before we return); nothing to do.
-        let _ = done.send(Finished { server_id, result });
+        let _ = done.send(result);
     }
 }

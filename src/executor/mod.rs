@@ -22,17 +22,5 @@ pub struct Unit<'p> {
     pub pending: Vec<&'p CellPlan>,
 }
 
-/// One unit has finished (whatever the outcome).
-#[derive(Debug, Clone)]
-pub struct Finished {
-    pub server_id: String,
-    pub result: UnitResult,
-}
-
-/// Where executors report finished units.
-pub type Done = tokio::sync::mpsc::UnboundedSender<Finished>;
-
-/// Whether a unit's outcome stops a `--fail-fast` run.
-pub fn failed(result: &UnitResult) -> bool {
-    result.server_failed || result.cells_failed > 0
-}
+/// Where executors report each finished unit's outcome (whatever it is).
+pub type Done = tokio::sync::mpsc::UnboundedSender<UnitResult>;

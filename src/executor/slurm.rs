@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{Done, Finished, Unit, failed};
+use super::{Done, Unit};
 use crate::experiment::Experiment;
 use crate::experiment::executor::Slurm;
 use crate::plan::CellStatus;
@@ -80,6 +80,17 @@ pub struct Queued {
     pub state: String,
     pub node: String,
     pub reason: String,
+}
+
+impl Queued {
+    /// `pending (Resources)`, `running on node1`, or the state in lower case.
+    pub fn describe(&self) -> String {
+        match self.state.as_str() {
+            "PENDING" => format!("pending ({})", self.reason),
+            "RUNNING" => format!("running on {}", self.node),
+            other => other.to_lowercase(),
+        }
+    }
 }
 
 /// A unit whose job this coordinator follows.
@@ -163,6 +174,7 @@ impl<'a> Run<'a> {
             }
             waiting = rest;
             let limit = self.settings.max_jobs.map_or(usize::MAX, |n| n as usize);
+            let mut submitted = false;
             while !stop_submitting && followed.len() < limit {
                 let Some(unit) = waiting.pop_front() else {
                     break;
@@ -176,13 +188,11 @@ impl<'a> Run<'a> {
                         if self.fail_fast {
                             stop_submitting = true;
                         }
-                        let _ = done.send(Finished {
-                            server_id: unit.server.id.clone(),
-                            result,
-                        });
+                        self.finished(result, &done);
                         continue;
                     }
                 };
+                submitted = true;
                 let progress = self.reporter.unit(&unit.server.id);
                 progress.line(format!(
                     "[{}/{}] {}: {} cell(s), submitted as Slurm job {}",
@@ -200,17 +210,18 @@ impl<'a> Run<'a> {
                     last_shown: String::new(),
                 });
             }
-            // Jobs that just got submitted may not be listed yet: ask again before judging them.
-            let queue = queue_or(queue).await;
+            // Jobs submitted in this pass are not in the listing taken before them: ask again before
+            // judging them.
+            let queue = if submitted {
+                self::queue().await.unwrap_or(queue)
+            } else {
+                queue
+            };
             let mut still = Vec::new();
             for mut f in followed.drain(..) {
                 match queue.get(&f.job.job_id) {
                     Some(q) => {
-                        let shown = match q.state.as_str() {
-                            "PENDING" => format!("job {}: pending ({})", f.job.job_id, q.reason),
-                            "RUNNING" => format!("job {}: running on {}", f.job.job_id, q.node),
-                            other => format!("job {}: {}", f.job.job_id, other.to_lowercase()),
-                        };
+                        let shown = format!("job {}: {}", f.job.job_id, q.describe());
                         if shown != f.last_shown {
                             f.progress.phase(format!("{}: {shown}", f.unit.server.id));
                             f.last_shown = shown;
@@ -219,13 +230,10 @@ impl<'a> Run<'a> {
                     }
                     None => {
                         let result = self.conclude(&mut f).await;
-                        if failed(&result) && self.fail_fast {
+                        if result.failed() && self.fail_fast {
                             stop_submitting = true;
                         }
-                        let _ = done.send(Finished {
-                            server_id: f.unit.server.id.clone(),
-                            result,
-                        });
+                        self.finished(result, &done);
                     }
                 }
             }
@@ -233,11 +241,13 @@ impl<'a> Run<'a> {
             if followed.is_empty() && (waiting.is_empty() || stop_submitting) {
                 return Ok(());
             }
-            tokio::select! {
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
-                () = self.shutdown.stopping().cancelled() => {}
-            }
+            self.pause().await;
         }
+    }
+
+    /// A unit is over (refused, or its job left the queue): the coordinator hears of it.
+    fn finished(&self, result: UnitResult, done: &Done) {
+        let _ = done.send(result);
     }
 
     async fn pause(&self) {
@@ -292,15 +302,7 @@ impl<'a> Run<'a> {
         let reason = format!("the Slurm job could not be submitted: {reason}");
         self.reporter.line(format!("{}: {reason}", unit.server.id));
         for cell in &unit.pending {
-            let failure = CellFailure {
-                schema: Schema::default(),
-                id: cell.id.clone(),
-                hash: cell.hash.clone(),
-                server_id: unit.server.id.clone(),
-                reason: reason.clone(),
-                log_tail: Vec::new(),
-                at: now_rfc3339(),
-            };
+            let failure = CellFailure::new(&unit.server.id, cell, reason.clone(), Vec::new());
             if let Err(e) = self.store.write_failure(&failure) {
                 self.reporter
                     .line(format!("warning: could not write a failure record: {e}"));
@@ -349,19 +351,12 @@ impl<'a> Run<'a> {
                 _ => {
                     unfinished += 1;
                     result.cells_failed += 1;
-                    let failure = CellFailure {
-                        schema: Schema::default(),
-                        id: cell.id.clone(),
-                        hash: cell.hash.clone(),
-                        server_id: server.id.clone(),
-                        reason: format!(
-                            "Slurm job {job_id} {} before this cell was measured (output: {})",
-                            state_phrase(&state),
-                            output.display()
-                        ),
-                        log_tail: tail.clone(),
-                        at: now_rfc3339(),
-                    };
+                    let reason = format!(
+                        "Slurm job {job_id} {} before this cell was measured (output: {})",
+                        state_phrase(&state),
+                        output.display()
+                    );
+                    let failure = CellFailure::new(&server.id, cell, reason, tail.clone());
                     if let Err(e) = self.store.write_failure(&failure) {
                         f.progress
                             .line(format!("warning: could not write a failure record: {e}"));
@@ -599,19 +594,18 @@ fn sbatch(script: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("sbatch answered `{}`, not a job id", out.trim()))
 }
 
-/// This user's jobs in the queue, by id.
-pub async fn queue() -> Result<HashMap<String, Queued>, String> {
-    tokio::task::spawn_blocking(|| {
-        slurm("squeue", &["-h", "--me", "-o", "%i|%T|%N|%r"]).map(|out| parse_squeue(&out))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("asking Slurm for the queue: {e}"))
+/// This user's jobs in the queue, by id (blocks up to the Slurm command time limit).
+pub fn queue_now() -> Result<HashMap<String, Queued>, String> {
+    slurm("squeue", &["-h", "--me", "-o", "%i|%T|%N|%r"])
+        .map(|out| parse_squeue(&out))
+        .map_err(|e| format!("asking Slurm for the queue: {e}"))
 }
 
-/// The queue again, or `fallback` when asking fails.
-async fn queue_or(fallback: HashMap<String, Queued>) -> HashMap<String, Queued> {
-    queue().await.unwrap_or(fallback)
+/// [`queue_now`] on the blocking pool.
+pub async fn queue() -> Result<HashMap<String, Queued>, String> {
+    tokio::task::spawn_blocking(queue_now)
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 pub fn parse_squeue(out: &str) -> HashMap<String, Queued> {
@@ -683,9 +677,7 @@ fn tail_of(path: &Path, n: usize) -> Vec<String> {
 /// A job's state for `runner status`: in the queue (with its node), or how it ended.
 pub fn describe_job(job: &JobRecord, queue: Option<&HashMap<String, Queued>>) -> String {
     match queue.and_then(|q| q.get(&job.job_id)) {
-        Some(q) if q.state == "RUNNING" => format!("job {} running on {}", job.job_id, q.node),
-        Some(q) if q.state == "PENDING" => format!("job {} pending ({})", job.job_id, q.reason),
-        Some(q) => format!("job {} {}", job.job_id, q.state.to_lowercase()),
+        Some(q) => format!("job {} {}", job.job_id, q.describe()),
         None => match &job.final_state {
             Some(state) => format!("job {} {}", job.job_id, state_phrase(state)),
             None if queue.is_some() => format!("job {} no longer in the queue", job.job_id),
