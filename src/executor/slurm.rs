@@ -245,8 +245,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// A unit is over (refused, or its job left the queue): the coordinator hears of it.
+    /// A unit is over (refused, or its job left the queue): its cells count as done on the overall
+    /// bar, and the coordinator hears of it.
     fn finished(&self, result: UnitResult, done: &Done) {
+        self.reporter
+            .cells_done((result.cells_ok + result.cells_failed) as u64);
         let _ = done.send(result);
     }
 
