@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use crate::common::{repo, text};
+use crate::common::{repo, run_in, text};
 
 const NEEDED: &[&str] = &[
     "RUNNER_VLLM",
@@ -47,12 +47,7 @@ fn real_engines_end_to_end() {
     require_engines();
     let dir = tempfile::tempdir().expect("temp dir");
     let file = repo().join("experiments/cpu-engines.toml");
-    let out = std::process::Command::new(crate::common::runner_bin())
-        .arg(&file)
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("runner starts");
+    let out = run_in(dir.path(), &[file.to_str().unwrap()]);
     let stderr = text(&out.stderr);
     eprintln!("{stderr}");
     assert_eq!(

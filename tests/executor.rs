@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Guard, repo, run_in, send, text, wait_for};
+use crate::common::{Guard, repo, run_in, runner_cmd, send, text, wait_for};
 
 /// Four server configurations × two load points on the simulated engine; each configuration takes a
 /// few seconds (slow decode), so that running two at once shows.
@@ -325,10 +325,7 @@ fn one_ctrl_c_stops_every_server_running_on_gpu_slots() {
     let (_tmp, dir) = setup(&body);
     let results = dir.join("results/four");
     let mut runner = Guard(
-        std::process::Command::new(crate::common::runner_bin())
-            .args(["four.toml"])
-            .current_dir(&dir)
-            .stdin(std::process::Stdio::null())
+        runner_cmd(&dir, &["four.toml"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -378,11 +375,8 @@ fn gpus_all_asks_nvidia_smi_and_a_host_without_one_is_refused_before_anything_st
         .replace("concurrency = [1, 2]", "concurrency = [1]");
     let (_tmp, dir) = setup(&body);
     // No nvidia-smi on this PATH: an error naming the fix, nothing started.
-    let out = std::process::Command::new(crate::common::runner_bin())
-        .args(["four.toml"])
-        .current_dir(&dir)
+    let out = runner_cmd(&dir, &["four.toml"])
         .env("PATH", "/usr/bin:/bin")
-        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     let stderr = text(&out.stderr);
@@ -404,11 +398,8 @@ fn gpus_all_asks_nvidia_smi_and_a_host_without_one_is_refused_before_anything_st
         )],
     );
     let path = format!("{}:/usr/bin:/bin", bin.display());
-    let out = std::process::Command::new(crate::common::runner_bin())
-        .args(["four.toml"])
-        .current_dir(&dir)
+    let out = runner_cmd(&dir, &["four.toml"])
         .env("PATH", path)
-        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -423,11 +414,8 @@ fn gpus_all_asks_nvidia_smi_and_a_host_without_one_is_refused_before_anything_st
         body.replace("gpus = \"all\"", "gpus = [0, 5]"),
     )
     .unwrap();
-    let out = std::process::Command::new(crate::common::runner_bin())
-        .args(["four.toml", "--force"])
-        .current_dir(&dir)
+    let out = runner_cmd(&dir, &["four.toml", "--force"])
         .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     let stderr = text(&out.stderr);

@@ -1,7 +1,7 @@
 //! Bad input: every broken experiment file exits 2 with a message naming the file, the key or line, and
 //! the fix; nothing panics. Table-driven: each case is a file body and the fragments the error must show.
 
-use crate::common::{run_in, text};
+use crate::common::{run_in, runner_cmd, text};
 
 const VALID: &str = r#"
 title = "t"
@@ -223,14 +223,14 @@ fn only_values_that_match_nothing_suggest_the_closest() {
 
 #[test]
 fn plan_into_a_closed_pipe_ends_quietly() {
-    let mut child = std::process::Command::new(crate::common::runner_bin())
-        .args(["plan", "experiments/rtxpro6000.toml"])
-        .current_dir(crate::common::repo())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("runner starts");
+    let mut child = runner_cmd(
+        &crate::common::repo(),
+        &["plan", "experiments/rtxpro6000.toml"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("runner starts");
     // `| head -0`: the reader is gone before the plan is written.
     drop(child.stdout.take());
     let out = child.wait_with_output().expect("runner ends");

@@ -3,10 +3,10 @@
 //! redoes nothing on the rerun, and raising N keeps the repeats already measured.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use crate::common::{Guard, run_in, runner_bin, text, wait_for};
+use crate::common::{Guard, run_in, runner_cmd, text, wait_for};
 
 /// One model at one precision (one server), two points; each request takes `output` × `step` ms.
 fn experiment(repeats: u32, output: u32, step: u32) -> String {
@@ -150,10 +150,7 @@ fn a_runner_killed_between_repeats_redoes_nothing_and_more_repeats_keep_the_done
     let tmp = setup(&experiment(2, 40, 25));
     let dir = tmp.path();
     let mut runner = Guard(
-        Command::new(runner_bin())
-            .args(["r.toml"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
+        runner_cmd(dir, &["r.toml"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -9,6 +9,8 @@ use runner::plan::{self, CellPlan, Plan, ServerPlan};
 use runner::report;
 use runner::store::{CellFailure, CellResult, Store};
 
+use crate::common::run_in;
+
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report")
 }
@@ -1192,12 +1194,7 @@ timeout = "30s"
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-        .arg(&file)
-        .current_dir(tmp.path())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_in(tmp.path(), &[file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let results = tmp.path().join("results/no-usage");

@@ -3,10 +3,10 @@
 //! runner killed hard leaves a server that the next run cleans up, and no finished cell is lost or rerun.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{Guard, exit_within, files_named, run_in, runner_bin, send, text, wait_for};
+use crate::common::{Guard, exit_within, files_named, run_in, runner_cmd, send, text, wait_for};
 
 /// A small experiment: one model, two precisions (two servers), two load points each.
 fn experiment(slow: bool, shell: bool) -> String {
@@ -78,10 +78,7 @@ fn csv_rows(dir: &Path) -> usize {
 
 fn spawn_runner(dir: &Path) -> Guard {
     Guard(
-        Command::new(runner_bin())
-            .args(["e2e.toml"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
+        runner_cmd(dir, &["e2e.toml"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

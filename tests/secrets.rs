@@ -4,7 +4,7 @@
 //! without it), and a rotated token does not change a settings hash.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use runner::engine::{CacheCounters, Preset};
 use runner::experiment::load::{Api, LoadSpec, PromptMode, Slo, Vocab};
@@ -13,7 +13,7 @@ use runner::secret::ApiKey;
 use runner::sim::{SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{runner_bin, text};
+use crate::common::{runner_cmd, text};
 
 const TOKEN: &str = "hf-tok-5ecret-value-913";
 const API_KEY: &str = "sk-api-key-value-4711";
@@ -58,12 +58,9 @@ timeout = "30s"
 "#;
 
 fn runner(dir: &Path, args: &[&str], token: &str) -> Output {
-    Command::new(runner_bin())
-        .args(args)
-        .current_dir(dir)
+    runner_cmd(dir, args)
         .env("RUNNER_TEST_SECRET_TOKEN", token)
         .env("RUNNER_TEST_API_KEY", API_KEY)
-        .stdin(Stdio::null())
         .output()
         .expect("runner starts")
 }

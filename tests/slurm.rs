@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::common::{run_in, runner_bin, text};
+use crate::common::{run_in, runner_cmd, text};
 use crate::executor::{four_servers, json, most_at_once, server_records};
 
 /// How long a test waits for the cluster to get a job going: generous, since CI machines are slow and
@@ -133,10 +133,7 @@ struct Coordinator {
 
 impl Coordinator {
     fn spawn(dir: &Path) -> Coordinator {
-        let mut child = Command::new(runner_bin())
-            .args(["run", "four.toml"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
+        let mut child = runner_cmd(dir, &["run", "four.toml"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

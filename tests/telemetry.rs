@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{runner_bin, text};
+use crate::common::{runner_cmd, text};
 
 /// One model at one concurrency on the simulated engine, whose KV cache holds two sequences at a time
 /// (64 + 32 tokens = 6 blocks of 16; 224 tokens = 14 blocks), so half of the four streams wait.
@@ -62,13 +62,10 @@ fn run_file(dir: &Path, bin: &Path, telemetry: &str, body: &str) -> std::process
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    Command::new(runner_bin())
-        .arg("t.toml")
-        .current_dir(dir)
+    runner_cmd(dir, &["t.toml"])
         .env("PATH", path)
         .env("RUNNER_TELEMETRY", telemetry)
         .env_remove("CUDA_VISIBLE_DEVICES")
-        .stdin(std::process::Stdio::null())
         .output()
         .unwrap()
 }

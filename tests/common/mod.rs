@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `runner` binary built for these tests.
@@ -11,14 +11,16 @@ pub fn runner_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_runner"))
 }
 
+/// `runner ARGS` in `dir` with no stdin, for the caller to add environment and outputs to and start.
+pub fn runner_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(runner_bin());
+    cmd.args(args).current_dir(dir).stdin(Stdio::null());
+    cmd
+}
+
 /// Runs `runner ARGS` in `dir` with no stdin and returns its output.
 pub fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(runner_bin())
-        .args(args)
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("runner starts")
+    runner_cmd(dir, args).output().expect("runner starts")
 }
 
 /// The repository root (for experiments/ and templates/).
