@@ -14,7 +14,7 @@ use super::format;
 use super::metric::Metric;
 use super::view::{self, Done};
 use crate::experiment::Experiment;
-use crate::plan::{Plan, ServerPlan};
+use crate::plan::{CellPlan, Plan, ServerPlan};
 
 /// One model's charts and how the documents link them.
 #[derive(Debug, Clone)]
@@ -86,18 +86,11 @@ pub fn chart_sets(exp: &Experiment, plan: &Plan, done: &[Done]) -> Vec<ModelChar
             // Points at one concurrency that differ in a load variable (a swept setting) are separate
             // lines; a setting that only changes with the concurrency (fewer requests at c=1) is not.
             let mut lines: Vec<(String, Vec<Point>)> = Vec::new();
+            let cell_peers: Vec<&CellPlan> = cells.iter().map(|(_, cell, _)| *cell).collect();
             for (_, cell, result) in &cells {
-                let key: String = cell
-                    .vars
+                let key: String = view::differing_point_vars(cell, &cell_peers)
                     .iter()
-                    .filter(|(k, v)| {
-                        *k != "concurrency"
-                            && cells.iter().any(|(_, o, _)| {
-                                o.load.concurrency == cell.load.concurrency
-                                    && o.vars.get(*k).map(|x| x.to_string()) != Some(v.to_string())
-                            })
-                    })
-                    .map(|(k, v)| format!(" · {k}={v}"))
+                    .map(|p| format!(" · {p}"))
                     .collect();
                 let s = &result.summary;
                 let bar = |m: Metric| m.interval(result).map(|i| (i.lo, i.hi));

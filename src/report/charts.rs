@@ -182,35 +182,53 @@ fn font(size: u32) -> TextStyle<'static> {
     (FONT, size).into_font().into()
 }
 
-fn by_concurrency(set: &ChartSet) -> anyhow::Result<String> {
-    let mut entries: Vec<LegendEntry> = legend_entries(set);
-    let rows = legend_rows(&mut entries);
-    let header = 40 + rows * LEGEND_ROW + 6;
-    let height = header + PANEL_HEIGHT * PANELS.len() as u32;
+/// A chart's SVG: a white canvas, `title` and the legend on top, and below them a body
+/// `body_height` tall that `draw` fills.
+fn canvas(
+    title: &str,
+    entries: &mut [LegendEntry],
+    body_height: u32,
+    draw: impl FnOnce(&Area) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let header = 40 + legend_rows(entries) * LEGEND_ROW + 6;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        let root =
+            SVGBackend::with_string(&mut svg, (WIDTH, header + body_height)).into_drawing_area();
         root.fill(&WHITE)?;
-        let title = format!("{}：吞吐与延迟随并发的变化", set.title);
-        header_and_legend(&root, &title, &entries)?;
+        header_and_legend(&root, title, entries)?;
         let (_, body) = root.split_vertically(header);
-        let mut concurrencies: Vec<f64> = set
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| f64::from(p.concurrency)))
-            .filter(|c| *c > 0.0)
-            .collect();
-        concurrencies.sort_by(f64::total_cmp);
-        concurrencies.dedup();
-        for (area, (name, unit, get, bars)) in
-            body.split_evenly((PANELS.len(), 1)).iter().zip(PANELS)
-        {
-            concurrency_panel(area, set, &concurrencies, (name, unit), (get, bars))
-                .with_context(|| format!("the panel `{name}`"))?;
-        }
+        draw(&body)?;
         root.present()?;
     }
     Ok(svg)
+}
+
+fn by_concurrency(set: &ChartSet) -> anyhow::Result<String> {
+    let mut entries: Vec<LegendEntry> = legend_entries(set);
+    let title = format!("{}：吞吐与延迟随并发的变化", set.title);
+    canvas(
+        &title,
+        &mut entries,
+        PANEL_HEIGHT * PANELS.len() as u32,
+        |body| {
+            let mut concurrencies: Vec<f64> = set
+                .series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| f64::from(p.concurrency)))
+                .filter(|c| *c > 0.0)
+                .collect();
+            concurrencies.sort_by(f64::total_cmp);
+            concurrencies.dedup();
+            for (area, (name, unit, get, bars)) in
+                body.split_evenly((PANELS.len(), 1)).iter().zip(PANELS)
+            {
+                concurrency_panel(area, set, &concurrencies, (name, unit), (get, bars))
+                    .with_context(|| format!("the panel `{name}`"))?;
+            }
+            Ok(())
+        },
+    )
 }
 
 fn concurrency_panel(
@@ -327,16 +345,8 @@ fn interactivity(set: &ChartSet) -> anyhow::Result<String> {
             row: 0,
         });
     }
-    let rows = legend_rows(&mut entries);
-    let header = 40 + rows * LEGEND_ROW + 6;
-    let height = header + INTERACTIVITY_HEIGHT;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let title = format!("{}：吞吐与交互性", set.title);
-        header_and_legend(&root, &title, &entries)?;
-        let (_, body) = root.split_vertically(header);
+    let title = format!("{}：吞吐与交互性", set.title);
+    canvas(&title, &mut entries, INTERACTIVITY_HEIGHT, |body| {
         let caption = if all.is_empty() {
             "未测得（需要 TPOT 与输出吞吐）"
         } else {
@@ -353,7 +363,7 @@ fn interactivity(set: &ChartSet) -> anyhow::Result<String> {
                 .map(|p| p.1)
                 .chain(bar_ends.filter_map(|c| c.3.map(|b| b.1))),
         );
-        let mut ctx = ChartBuilder::on(&body)
+        let mut ctx = ChartBuilder::on(body)
             .caption(caption, font(CAPTION))
             .margin_left(8)
             .margin_right(28)
@@ -414,9 +424,8 @@ fn interactivity(set: &ChartSet) -> anyhow::Result<String> {
                 EmptyElement::at((x, y)) + Text::new(format!("c={c}"), (6, -4), label_style.clone())
             }))?;
         }
-        root.present()?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 /// A legend entry, placed by [`legend_rows`].

@@ -69,10 +69,7 @@ impl Run {
             .chain(&bad_failures)
             .map(|u| u.to_string())
             .collect();
-        let environment = store.read_environment().unwrap_or_else(|e| {
-            unreadable.push(e.to_string());
-            None
-        });
+        let environment = super::readable(store.read_environment(), &mut unreadable);
         Ok(Some(Run {
             label,
             results_dir,
@@ -563,14 +560,7 @@ fn differences(a: &Run, b: &Run, matched: &[(&CellResult, &CellResult)]) -> Vec<
         }
     }
     if let (Some(ea), Some(eb)) = (&a.environment, &b.environment) {
-        let gpus = |e: &Environment| {
-            let line: Vec<String> = e.gpus.iter().map(crate::envinfo::Gpu::line).collect();
-            if line.is_empty() {
-                NONE.to_string()
-            } else {
-                line.join("；")
-            }
-        };
+        let gpus = super::view::gpu_line;
         note(
             "runner 版本".into(),
             ea.runner_version.clone(),

@@ -122,18 +122,9 @@ fn rows(
             continue;
         };
         let mut label = c.to_string();
-        let at_c: Vec<&CellPlan> = base_cells
-            .iter()
-            .map(|(_, cell, _)| *cell)
-            .filter(|cell| cell.load.concurrency == c)
-            .collect();
-        for (k, v) in d.1.vars.iter().filter(|(k, _)| *k != "concurrency") {
-            if at_c
-                .iter()
-                .any(|o| o.vars.get(k).map(|x| x.to_string()) != Some(v.to_string()))
-            {
-                label.push_str(&format!(" · {k}={v}"));
-            }
+        let base_peers: Vec<&CellPlan> = base_cells.iter().map(|(_, cell, _)| *cell).collect();
+        for p in super::view::differing_point_vars(d.1, &base_peers) {
+            label.push_str(&format!(" · {p}"));
         }
         let mut row = ratio::row(label, &side(num, n, threshold), &side(den, d, threshold));
         row.cost_out = super::cost::cost_ratio(n.2, d.2, exp.cost.as_ref());

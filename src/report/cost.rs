@@ -91,12 +91,15 @@ impl Economics {
         let (output, total) = (tokens(s.output_tokens_per_s), tokens(s.total_tokens_per_s));
         let energy_j = telemetry.gpu.as_ref().and_then(|g| g.total.energy_j);
         let gpus = telemetry.gpus.as_ref().map(|g| g.count);
+        // J per token → kWh per million tokens.
+        let kwh_per_million = |j: Option<f64>| j.map(|j| j / 3.6e6 * 1e6);
+        let (j_per_output_token, j_per_token) = (per(energy_j, output), per(energy_j, total));
         let mut e = Economics {
             gpus,
             energy_j,
-            j_per_output_token: per(energy_j, output),
-            j_per_token: per(energy_j, total),
-            kwh_per_1m_output: per(energy_j, output).map(|j| j / 3.6e6 * 1e6),
+            j_per_output_token,
+            j_per_token,
+            kwh_per_1m_output: kwh_per_million(j_per_output_token),
             ..Economics::default()
         };
         let Some(cost) = cost else { return e };
@@ -113,9 +116,11 @@ impl Economics {
             |rate: Option<f64>| per(per_hour, rate.map(|r| r * 3600.0)).map(|c| c * 1e6);
         e.cost_per_1m_output = per_million(s.output_tokens_per_s);
         e.cost_per_1m_tokens = per_million(s.total_tokens_per_s);
-        let kwh_per_million = |n: Option<f64>| per(energy_j, n).map(|j| j / 3.6e6 * 1e6);
-        e.electricity_per_1m_output = cost.kwh.zip(kwh_per_million(output)).map(|(p, k)| p * k);
-        e.electricity_per_1m_tokens = cost.kwh.zip(kwh_per_million(total)).map(|(p, k)| p * k);
+        e.electricity_per_1m_output = cost.kwh.zip(e.kwh_per_1m_output).map(|(p, k)| p * k);
+        e.electricity_per_1m_tokens = cost
+            .kwh
+            .zip(kwh_per_million(j_per_token))
+            .map(|(p, k)| p * k);
         e
     }
 }
@@ -199,11 +204,7 @@ pub const CSV_COLUMNS: &[&str] = &[
 
 /// The values of [`CSV_COLUMNS`] for one cell; a figure not measured is an empty field.
 pub fn csv_fields(cell: &CellResult, cost: Option<&Cost>) -> Vec<String> {
-    let n = |x: Option<f64>| {
-        x.filter(|v| v.is_finite())
-            .map(|v| v.to_string())
-            .unwrap_or_default()
-    };
+    let n = super::csv::opt_num;
     let e = Economics::of(cell, cost);
     let t = &cell.telemetry;
     let g = t.gpu.as_ref().map(|g| &g.total);
@@ -336,11 +337,8 @@ pub fn sections(
                 format::precision_labels(&s.precision).1,
                 s.engine
             );
-            for (k, v) in s.vars.iter().filter(|(k, _)| {
-                !crate::experiment::AXES.contains(&k.as_str())
-                    && configs.iter().any(|o| o.vars.get(*k) != s.vars.get(*k))
-            }) {
-                text.push_str(&format!(" · {k}={v}"));
+            for p in super::view::differing_vars(s, &configs) {
+                text.push_str(&format!(" · {p}"));
             }
             text
         };

@@ -129,7 +129,7 @@ fn opt<T: ToString>(x: Option<T>) -> String {
 }
 
 /// A measured number, or an empty field.
-fn opt_num(x: Option<f64>) -> String {
+pub(super) fn opt_num(x: Option<f64>) -> String {
     x.map(num).unwrap_or_default()
 }
 

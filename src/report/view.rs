@@ -904,6 +904,23 @@ pub(super) fn differing_vars(server: &ServerPlan, peers: &[&ServerPlan]) -> Vec<
         .collect()
 }
 
+/// The load variables of `cell` (its concurrency aside) in which another of `peers` at the same
+/// concurrency differs, as `k=v`: what tells apart two points of one server at one concurrency (a swept
+/// load setting). A setting that only changes with the concurrency (fewer requests at c=1) is not one.
+pub(super) fn differing_point_vars(cell: &CellPlan, peers: &[&CellPlan]) -> Vec<String> {
+    cell.vars
+        .iter()
+        .filter(|(k, v)| {
+            *k != "concurrency"
+                && peers.iter().any(|o| {
+                    o.load.concurrency == cell.load.concurrency
+                        && o.vars.get(*k).map(|x| x.to_string()) != Some(v.to_string())
+                })
+        })
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
 /// A label followed by Chinese text: a space after Latin text (`FP8 结果`), none after a full-width
 /// character (`FP4（NVFP4）结果`).
 fn spaced(label: &str) -> String {
@@ -937,7 +954,7 @@ fn placements(plan: &Plan, stored: &Stored) -> Vec<PlacementView> {
             let gpu_line = stored
                 .node_environments
                 .get(&node)
-                .map(|e| env_view(e).gpu_line)
+                .map(gpu_line)
                 .unwrap_or_else(|| NONE.to_string());
             PlacementView {
                 server: r.id.clone(),
@@ -955,14 +972,23 @@ fn placements(plan: &Plan, stored: &Stored) -> Vec<PlacementView> {
         .collect()
 }
 
-fn env_view(env: &Environment) -> EnvView {
-    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| NONE.to_string());
-    let gpu_line = env
+/// The GPUs an environment record lists, on one line (`—` for none).
+pub(super) fn gpu_line(env: &Environment) -> String {
+    let line = env
         .gpus
         .iter()
         .map(crate::envinfo::Gpu::line)
         .collect::<Vec<_>>()
         .join("；");
+    if line.is_empty() {
+        NONE.to_string()
+    } else {
+        line
+    }
+}
+
+fn env_view(env: &Environment) -> EnvView {
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| NONE.to_string());
     let mig = env
         .gpus
         .iter()
@@ -1000,11 +1026,7 @@ fn env_view(env: &Environment) -> EnvView {
             (Some(o), Some(k)) => format!("{o}（内核 {k}）"),
             (o, _) => or_none(o),
         },
-        gpu_line: if gpu_line.is_empty() {
-            NONE.to_string()
-        } else {
-            gpu_line
-        },
+        gpu_line: gpu_line(env),
         gpu_note: env
             .gpu_note
             .as_deref()
