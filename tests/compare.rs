@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::common::{run_in, text};
+use crate::common::{json, run_in, text};
 
 /// A tiny campaign: one model and precision, `decode_step_ms` per run, the concurrencies given.
 fn experiment(dir: &Path, name: &str, decode_step_ms: u32, concurrency: &str) -> String {
@@ -147,8 +147,7 @@ fn json_carries_values_ratios_and_the_verdict() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "--out writes the file, not stdout");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let v = json(&file);
     assert_eq!(v["passed"], false);
     let cell = &v["cells"][0];
     assert_eq!(cell["id"], "tiny/fp8/sim/c1");

@@ -9,9 +9,7 @@
 //! `cargo test` reports it as ignored rather than as passed when it did not run. Asked for explicitly
 //! (`--include-ignored`, as `scripts/test.sh` and CI do), missing engines fail it with how to install them.
 
-use std::path::Path;
-
-use crate::common::{repo, run_in, text};
+use crate::common::{json, repo, run_in, text};
 
 const NEEDED: &[&str] = &[
     "RUNNER_VLLM",
@@ -34,11 +32,6 @@ fn require_engines() {
          them), or run `scripts/install-engines.sh` and `source ~/.cache/runner-engines/env.sh` first",
         missing.join(", ")
     );
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]

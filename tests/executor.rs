@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Guard, repo, run_in, runner_cmd, send, text, wait_for};
+use crate::common::{Guard, json, repo, run_in, runner_cmd, send, text, wait_for};
 
 /// Four server configurations × two load points on the simulated engine; each configuration takes a
 /// few seconds (slow decode), so that running two at once shows.
@@ -41,11 +41,6 @@ warmup = 0
 timeout = "30s"
 "#
     )
-}
-
-pub fn json(path: &Path) -> serde_json::Value {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Every `server.json` under `results`.

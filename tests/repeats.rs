@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use crate::common::{Guard, run_in, runner_cmd, text, wait_for};
+use crate::common::{Guard, json, run_in, runner_cmd, text, wait_for};
 
 /// One model at one precision (one server), two points; each request takes `output` × `step` ms.
 fn experiment(repeats: u32, output: u32, step: u32) -> String {
@@ -49,11 +49,6 @@ fn cell(dir: &Path, c: u32) -> PathBuf {
 
 fn repeat_dir(dir: &Path, c: u32, k: u32) -> PathBuf {
     cell(dir, c).join(format!("repeats/{k}"))
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
 }
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {

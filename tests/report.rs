@@ -9,7 +9,7 @@ use runner::plan::{self, CellPlan, Plan, ServerPlan};
 use runner::report;
 use runner::store::{CellFailure, CellResult, Store};
 
-use crate::common::run_in;
+use crate::common::{json, run_in};
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report")
@@ -1219,8 +1219,7 @@ timeout = "30s"
             .join("cells/tiny/fp8/sim")
             .join(c)
             .join("result.json");
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let v = json(&path);
         assert_eq!(v["schema"], 2);
         let s = &v["summary"];
         for key in [

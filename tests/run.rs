@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{Guard, exit_within, files_named, run_in, runner_cmd, send, text, wait_for};
+use crate::common::{
+    Guard, exit_within, files_named, json, run_in, runner_cmd, send, text, wait_for,
+};
 
 /// A small experiment: one model, two precisions (two servers), two load points each.
 fn experiment(slow: bool, shell: bool) -> String {
@@ -114,9 +116,7 @@ fn pid_paths(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn pid_file(dir: &Path) -> serde_json::Value {
-    let path = pid_paths(dir).pop().expect("pid file");
-    let text = std::fs::read_to_string(path).expect("pid file");
-    serde_json::from_str(&text).expect("pid file is JSON")
+    json(&pid_paths(dir).pop().expect("pid file"))
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn run_stores_every_cell_and_report_then_resume_reruns_only_what_changed() {
     let files = result_files(&dir.path);
     assert_eq!(files.len(), 4, "{files:?}");
     for f in &files {
-        let cell: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+        let cell = json(f);
         let s = &cell["summary"];
         assert_eq!(s["failed"], 0);
         assert_eq!(
@@ -215,8 +215,7 @@ fn ctrl_c_mid_load_exits_130_tears_the_server_down_and_keeps_finished_cells() {
     let files = result_files(&dir.path);
     assert!(!files.is_empty() && files.len() < 4, "{files:?}");
     for f in &files {
-        let cell: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(f).unwrap()).expect("finished cell intact");
+        let cell = json(f);
         assert_eq!(cell["summary"]["failed"], 0);
     }
     // Resuming finishes the rest without redoing the finished cells.
@@ -306,16 +305,12 @@ fn a_server_that_never_gets_ready_fails_its_cells_and_the_run_goes_on() {
         "the nvfp4 server still ran"
     );
     let failure = results(&dir.path).join("cells/tiny/fp8/sim/c1/failure.json");
-    let f: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&failure).expect("failure record")).unwrap();
+    let f = json(&failure);
     assert!(
         f["reason"].as_str().unwrap_or_default().contains("ready"),
         "{f}"
     );
-    let server: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(results(&dir.path).join("servers/tiny/fp8/sim/server.json")).unwrap(),
-    )
-    .unwrap();
+    let server = json(&results(&dir.path).join("servers/tiny/fp8/sim/server.json"));
     assert_eq!(server["status"], "failed");
 }
 
@@ -397,8 +392,7 @@ fn saved_prompts_are_exact_and_identical_across_runs() {
 }
 
 fn server_record(dir: &Path, id: &str) -> serde_json::Value {
-    let path = results(dir).join("servers").join(id).join("server.json");
-    serde_json::from_slice(&std::fs::read(&path).expect("server record")).expect("JSON")
+    json(&results(dir).join("servers").join(id).join("server.json"))
 }
 
 #[test]
@@ -464,8 +458,7 @@ fn sighup_with_the_terminal_gone_stops_gracefully_and_keeps_finished_cells() {
     assert_eq!(record["status"], "interrupted", "{record}");
     assert_eq!(record["teardown_escalated"], false, "{record}");
     for f in result_files(&dir.path) {
-        let cell: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&f).unwrap()).expect("finished cell intact");
+        let cell = json(&f);
         assert_eq!(cell["summary"]["failed"], 0);
     }
 }

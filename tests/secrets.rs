@@ -13,7 +13,7 @@ use runner::secret::ApiKey;
 use runner::sim::{SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{runner_cmd, text};
+use crate::common::{json, runner_cmd, text};
 
 const TOKEN: &str = "hf-tok-5ecret-value-913";
 const API_KEY: &str = "sk-api-key-value-4711";
@@ -114,10 +114,7 @@ fn no_secret_reaches_any_output_or_result_file() {
             &String::from_utf8_lossy(&bytes),
         );
     }
-    let server: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(results.join("servers/tiny/fp8/sim/server.json")).expect("server.json"),
-    )
-    .expect("server.json is JSON");
+    let server = json(&results.join("servers/tiny/fp8/sim/server.json"));
     assert!(
         server["command"]
             .as_str()

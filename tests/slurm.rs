@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::common::{run_in, runner_cmd, text};
-use crate::executor::{four_servers, json, most_at_once, server_records};
+use crate::common::{json, run_in, runner_cmd, text};
+use crate::executor::{four_servers, most_at_once, server_records};
 
 /// How long a test waits for the cluster to get a job going: generous, since CI machines are slow and
 /// busy; a wait that runs out explains itself (`Coordinator::diagnosis`).

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{runner_cmd, text};
+use crate::common::{json, runner_cmd, text};
 
 /// One model at one concurrency on the simulated engine, whose KV cache holds two sequences at a time
 /// (64 + 32 tokens = 6 blocks of 16; 224 tokens = 14 blocks), so half of the four streams wait.
@@ -68,10 +68,6 @@ fn run_file(dir: &Path, bin: &Path, telemetry: &str, body: &str) -> std::process
         .env_remove("CUDA_VISIBLE_DEVICES")
         .output()
         .unwrap()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn close(got: f64, want: f64, what: &str) {
