@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use crate::scrape::ServerMetrics;
+use crate::stats::repeats::{all, mean_of};
 use crate::store::{CellResult, RepeatResult};
 use crate::telemetry::summary::DeviceTelemetry;
 use crate::telemetry::{EnergyMethod, GpuFigures, GpuTelemetry, ServerTimeline, Telemetry};
@@ -55,17 +56,6 @@ pub fn combine_into(cell: &mut CellResult, mut repeats: Vec<RepeatResult>) {
         cell.finished_at = last.to_string();
     }
     cell.repeats = repeats;
-}
-
-/// Every value, or `None` as soon as one is missing.
-fn all<T>(values: impl IntoIterator<Item = Option<T>>) -> Option<Vec<T>> {
-    values.into_iter().collect()
-}
-
-fn mean_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
-    all(values)
-        .filter(|v| !v.is_empty())
-        .map(|v| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 fn sum_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {

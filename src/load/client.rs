@@ -264,17 +264,10 @@ async fn stream_into(
     let body = response.body_mut();
     if !status.is_success() {
         let mut text = Vec::new();
-        let ended = loop {
-            match conn.frame(body).await {
-                None => break true,
-                Some(Err(_)) => break false,
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        text.extend_from_slice(&data);
-                    }
-                }
-            }
-        };
+        let ended = conn
+            .read_to_end(body, |data| text.extend_from_slice(&data))
+            .await
+            .is_ok();
         // An error answer leaves the connection as good as a success does.
         if ended {
             give_back(call.pool, conn).await;

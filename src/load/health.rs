@@ -8,7 +8,7 @@
 //! - A histogram without samples has no percentiles (`None`), never 0.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the runtime-lag timer wakes. Its cost is a wake-up of an otherwise idle runtime per period,
@@ -29,11 +29,12 @@ const SUB_BITS: u32 = 5;
 /// Enough octaves for 2^40 µs (12 days).
 const BUCKETS: usize = (LINEAR + (40 - 6) * SUB) as usize;
 
-/// A log-linear histogram of microsecond values, shared by the tasks that record into it.
+/// A log-linear histogram of microsecond values, shared by the tasks that record into it. Recording
+/// is on the path of every socket read, so it writes one shared counter (the bucket), and the maximum
+/// only when it grows; the count is the buckets' sum, taken when read.
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
     max_us: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Default for Histogram {
@@ -41,7 +42,6 @@ impl Default for Histogram {
         Histogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             max_us: AtomicU64::new(0),
-            count: AtomicU64::new(0),
         }
     }
 }
@@ -80,8 +80,9 @@ pub struct Lag {
 impl Histogram {
     pub fn record_us(&self, us: u64) {
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
-        self.max_us.fetch_max(us, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        if us > self.max_us.load(Ordering::Relaxed) {
+            self.max_us.fetch_max(us, Ordering::Relaxed);
+        }
     }
 
     /// Forgets every sample (the measured phase starts after warm-up and connection opening).
@@ -90,12 +91,11 @@ impl Histogram {
             b.store(0, Ordering::Relaxed);
         }
         self.max_us.store(0, Ordering::Relaxed);
-        self.count.store(0, Ordering::Relaxed);
     }
 
     /// p50, p99 (the middle of the bucket holding that rank) and the exact maximum; `None` without samples.
     pub fn lag(&self) -> Option<Lag> {
-        let count = self.count.load(Ordering::Relaxed);
+        let count: u64 = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum();
         if count == 0 {
             return None;
         }
@@ -130,10 +130,11 @@ impl Lag {
     }
 }
 
-/// Wakes every [`LAG_PERIOD`] until `stop`, recording how late each wake-up was into `lags`.
-pub async fn lag_monitor(stop: Arc<AtomicBool>, lags: Arc<Histogram>) {
+/// Wakes every [`LAG_PERIOD`] until its task is aborted, recording how late each wake-up was into
+/// `lags`.
+pub async fn lag_monitor(lags: Arc<Histogram>) {
     let mut next = Instant::now() + LAG_PERIOD;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         tokio::time::sleep_until(next.into()).await;
         let now = Instant::now();
         lags.record_us(now.saturating_duration_since(next).as_micros() as u64);

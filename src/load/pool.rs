@@ -191,6 +191,20 @@ impl Conn {
         self.driver.run(body.frame()).await
     }
 
+    /// Reads `body` to its end, handing each data frame to `on_data`.
+    pub async fn read_to_end(
+        &mut self,
+        body: &mut hyper::body::Incoming,
+        mut on_data: impl FnMut(Bytes),
+    ) -> hyper::Result<()> {
+        while let Some(frame) = self.frame(body).await {
+            if let Ok(data) = frame?.into_data() {
+                on_data(data);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the connection can carry another request (after its response ended). Drives it until
     /// it says so.
     pub async fn reusable(&mut self) -> bool {
@@ -307,10 +321,9 @@ impl Pool {
             .send(self.dest.request(Method::GET, &uri, Bytes::new()))
             .await
             .context("probe request")?;
-        let body = response.body_mut();
-        while let Some(frame) = conn.frame(body).await {
-            frame.context("probe response")?;
-        }
+        conn.read_to_end(response.body_mut(), drop)
+            .await
+            .context("probe response")?;
         if !conn.reusable().await {
             bail!("the server closed the connection after the probe request");
         }

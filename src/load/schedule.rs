@@ -17,7 +17,7 @@
 //!   flagged `saturated` when the p99 of either exceeds [`health::SATURATION_P99_MS`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -161,12 +161,8 @@ pub async fn drive<S: RecordSink>(
     // The monitor is a spawned task so that it runs on the worker threads that read the streams (the
     // caller may poll this future from a thread outside the pool, e.g. `block_on`). Dropping the guard
     // (cancellation) aborts it.
-    let stop = Arc::new(AtomicBool::new(false));
     let lags = Arc::new(Histogram::default());
-    let monitor = AbortOnDrop(tokio::spawn(health::lag_monitor(
-        Arc::clone(&stop),
-        Arc::clone(&lags),
-    )));
+    let monitor = AbortOnDrop(tokio::spawn(health::lag_monitor(Arc::clone(&lags))));
 
     closed_loop(
         &shared,
@@ -193,7 +189,6 @@ pub async fn drive<S: RecordSink>(
         Some(rate) => poisson(&shared, &measured_bodies, spec.requests, rate, spec.seed).await,
     }
     let cpu_s = health::cpu_time() - cpu_before;
-    stop.store(true, Ordering::Relaxed);
     drop(monitor);
     let peak_inflight = shared.peak.load(Ordering::Relaxed);
     // Every request task has ended: this was the last sender besides the recorder's own.

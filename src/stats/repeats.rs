@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use super::{ClientCheck, Dist, Summary, TokenCheck};
 
 /// Every value, or `None` as soon as one is missing.
-fn all<T: Copy>(values: impl IntoIterator<Item = Option<T>>) -> Option<Vec<T>> {
+pub(crate) fn all<T>(values: impl IntoIterator<Item = Option<T>>) -> Option<Vec<T>> {
     values.into_iter().collect()
 }
 
@@ -28,7 +28,7 @@ fn mean(values: &[f64]) -> f64 {
 }
 
 /// The mean over repeats of a figure every repeat has.
-fn mean_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+pub(crate) fn mean_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     all(values).filter(|v| !v.is_empty()).map(|v| mean(&v))
 }
 
