@@ -6,10 +6,12 @@
 //! The speed-up is measured, not assumed: `cargo test --test tests executor::gpu_slots -- --nocapture`
 //! prints the table (serial wall time, slots wall time, their ratio).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{Guard, json, repo, run_in, runner_cmd, send, text, wait_for};
+use crate::common::{
+    Guard, cells_in_csv, experiment_dir, json, repo, run_in, runner_cmd, send, text, wait_for,
+};
 
 /// Four server configurations × two load points on the simulated engine; each configuration takes a
 /// few seconds (slow decode), so that running two at once shows.
@@ -80,27 +82,18 @@ pub fn most_at_once(records: &[serde_json::Value]) -> usize {
     most as usize
 }
 
-fn setup(body: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let path = tmp.path().to_path_buf();
-    std::fs::write(path.join("four.toml"), body).expect("write experiment");
-    (tmp, path)
-}
-
-fn cells(results: &Path) -> usize {
-    let text = std::fs::read_to_string(results.join("cells.csv")).unwrap_or_default();
-    text.lines().count().saturating_sub(1)
-}
-
 #[test]
 fn gpu_slots_run_two_servers_at_once_on_distinct_gpus_and_ports_and_beat_the_serial_run() {
-    let (_serial_tmp, serial) = setup(&four_servers(""));
+    let (_serial_tmp, serial) = experiment_dir("four.toml", &four_servers(""));
     let t0 = Instant::now();
     let out = run_in(&serial, &["four.toml"]);
     let serial_wall = t0.elapsed().as_secs_f64();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
-    let (_slots_tmp, slots) = setup(&four_servers("[executor.local]\ngpus = [0, 1]\n"));
+    let (_slots_tmp, slots) = experiment_dir(
+        "four.toml",
+        &four_servers("[executor.local]\ngpus = [0, 1]\n"),
+    );
     let t0 = Instant::now();
     let out = run_in(&slots, &["four.toml"]);
     let slots_wall = t0.elapsed().as_secs_f64();
@@ -108,7 +101,7 @@ fn gpu_slots_run_two_servers_at_once_on_distinct_gpus_and_ports_and_beat_the_ser
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 
     let results = slots.join("results/four");
-    assert_eq!(cells(&results), 8, "every cell measured");
+    assert_eq!(cells_in_csv(&results), 8, "every cell measured");
     let records = server_records(&results);
     assert_eq!(records.len(), 4);
     for r in &records {
@@ -170,7 +163,7 @@ fn a_server_that_cannot_bind_its_port_is_started_again_on_another() {
     let body = body
         .replace("step = [25, 26]", "step = [2]")
         .replace("precision = [\"a\", \"b\"]", "precision = [\"a\"]");
-    let (_tmp, dir) = setup(&body);
+    let (_tmp, dir) = experiment_dir("four.toml", &body);
     let out = run_in(&dir, &["four.toml"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -186,7 +179,7 @@ fn a_server_that_cannot_bind_its_port_is_started_again_on_another() {
 #[test]
 fn the_executor_table_is_validated_with_fixes() {
     let check = |executor: &str, expect: &[&str]| {
-        let (_tmp, dir) = setup(&four_servers(executor));
+        let (_tmp, dir) = experiment_dir("four.toml", &four_servers(executor));
         let out = run_in(&dir, &["plan", "four.toml"]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{executor}: {stderr}");
@@ -226,7 +219,7 @@ fn gpu_templates_size_each_server_and_plans_say_where_it_runs() {
     let body = four_servers("[executor]\nkind = \"slurm\"\n[executor.slurm]\npartition = \"gpu\"\ngpus_per_server = \"{{ tp }}\"\ntime_limit = \"2h\"")
         .replace("--seed 3", "--seed 3 --max-num-seqs {{ gpu_count }}0")
         .replace("step = [25, 26]", "step = [25]\ntp = [1, 2]");
-    let (_tmp, dir) = setup(&body);
+    let (_tmp, dir) = experiment_dir("four.toml", &body);
     let out = run_in(&dir, &["plan", "four.toml", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -286,7 +279,7 @@ fn a_rehearsal_runs_the_real_campaign_file_on_the_simulated_engine() {
 fn the_report_shows_where_each_server_ran_only_when_nodes_differ() {
     let body =
         four_servers("[executor.local]\ngpus = [0, 1]\n").replace("step = [25, 26]", "step = [2]");
-    let (_tmp, dir) = setup(&body);
+    let (_tmp, dir) = experiment_dir("four.toml", &body);
     let out = run_in(&dir, &["four.toml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let results = dir.join("results/four");
@@ -317,7 +310,7 @@ fn the_report_shows_where_each_server_ran_only_when_nodes_differ() {
 fn one_ctrl_c_stops_every_server_running_on_gpu_slots() {
     let body = four_servers("[executor.local]\ngpus = [0, 1]\n")
         .replace("output_tokens = 40", "output_tokens = 400");
-    let (_tmp, dir) = setup(&body);
+    let (_tmp, dir) = experiment_dir("four.toml", &body);
     let results = dir.join("results/four");
     let mut runner = Guard(
         runner_cmd(&dir, &["four.toml"])
@@ -368,7 +361,7 @@ fn gpus_all_asks_nvidia_smi_and_a_host_without_one_is_refused_before_anything_st
     let body = four_servers("[executor.local]\ngpus = \"all\"\n")
         .replace("step = [25, 26]", "step = [2]")
         .replace("concurrency = [1, 2]", "concurrency = [1]");
-    let (_tmp, dir) = setup(&body);
+    let (_tmp, dir) = experiment_dir("four.toml", &body);
     // No nvidia-smi on this PATH: an error naming the fix, nothing started.
     let out = runner_cmd(&dir, &["four.toml"])
         .env("PATH", "/usr/bin:/bin")

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use crate::common::{Guard, json, run_in, runner_cmd, text, wait_for};
+use crate::common::{Guard, experiment_dir, json, run_in, runner_cmd, text, wait_for};
 
 /// One model at one precision (one server), two points; each request takes `output` × `step` ms.
 fn experiment(repeats: u32, output: u32, step: u32) -> String {
@@ -38,9 +38,7 @@ repeats = {repeats}
 }
 
 fn setup(body: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    std::fs::write(tmp.path().join("r.toml"), body).expect("write experiment");
-    tmp
+    experiment_dir("r.toml", body).0
 }
 
 fn cell(dir: &Path, c: u32) -> PathBuf {

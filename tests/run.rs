@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::{
-    Guard, exit_within, files_named, json, run_in, runner_cmd, send, text, wait_for,
+    Guard, cells_in_csv, exit_within, experiment_dir, files_named, json, run_in, runner_cmd, send,
+    text, wait_for,
 };
 
 /// A small experiment: one model, two precisions (two servers), two load points each.
@@ -59,10 +60,8 @@ struct Dir {
 }
 
 fn setup(body: &str) -> Dir {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let path = tmp.path().to_path_buf();
-    std::fs::write(path.join("e2e.toml"), body).expect("write experiment");
-    Dir { _tmp: tmp, path }
+    let (_tmp, path) = experiment_dir("e2e.toml", body);
+    Dir { _tmp, path }
 }
 
 fn results(dir: &Path) -> PathBuf {
@@ -71,11 +70,6 @@ fn results(dir: &Path) -> PathBuf {
 
 fn result_files(dir: &Path) -> Vec<PathBuf> {
     files_named(&results(dir).join("cells"), "result.json")
-}
-
-fn csv_rows(dir: &Path) -> usize {
-    let text = std::fs::read_to_string(results(dir).join("cells.csv")).unwrap_or_default();
-    text.lines().count().saturating_sub(1)
 }
 
 fn spawn_runner(dir: &Path) -> Guard {
@@ -141,7 +135,7 @@ fn run_stores_every_cell_and_report_then_resume_reruns_only_what_changed() {
             s["requests"].as_u64().unwrap()
         );
     }
-    assert_eq!(csv_rows(&dir.path), 4);
+    assert_eq!(cells_in_csv(&results(&dir.path)), 4);
     let report = results(&dir.path).join("report");
     assert!(report.join("summary.zh.md").is_file() && report.join("records/tiny.zh.md").is_file());
     assert!(std::fs::read_dir(report.join("charts")).unwrap().count() >= 2);
@@ -270,7 +264,7 @@ fn runner_killed_hard_leaves_a_server_the_next_run_cleans_up() {
             f.display()
         );
     }
-    assert_eq!(csv_rows(&dir.path), 4);
+    assert_eq!(cells_in_csv(&results(&dir.path)), 4);
 }
 
 #[test]
@@ -351,7 +345,7 @@ fn demo_killed_mid_run_then_rerun_loses_and_repeats_nothing() {
             f.display()
         );
     }
-    assert_eq!(csv_rows(&dir.path), 12);
+    assert_eq!(cells_in_csv(&results(&dir.path)), 12);
     let summary = std::fs::read_to_string(results(&dir.path).join("report/summary.zh.md")).unwrap();
     assert!(summary.contains("完成 12/12"), "the report is complete");
 }

@@ -13,7 +13,7 @@ use runner::secret::ApiKey;
 use runner::sim::{SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{json, runner_cmd, text};
+use crate::common::{experiment_dir, json, runner_cmd, text};
 
 const TOKEN: &str = "hf-tok-5ecret-value-913";
 const API_KEY: &str = "sk-api-key-value-4711";
@@ -76,9 +76,7 @@ fn assert_no_secret(what: &str, content: &str) {
 
 #[test]
 fn no_secret_reaches_any_output_or_result_file() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tmp.path();
-    std::fs::write(dir.join("s.toml"), EXPERIMENT).expect("write experiment");
+    let (_tmp, dir) = experiment_dir("s.toml", EXPERIMENT);
 
     let mut outputs = Vec::new();
     for args in [
@@ -87,7 +85,7 @@ fn no_secret_reaches_any_output_or_result_file() {
         &["s.toml"],
         &["report", "s.toml"],
     ] {
-        let out = runner(dir, args, TOKEN);
+        let out = runner(&dir, args, TOKEN);
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         assert_eq!(out.status.code(), Some(0), "runner {args:?}:\n{stderr}");
         assert_no_secret(&format!("runner {args:?} stdout"), &stdout);
@@ -129,10 +127,9 @@ fn no_secret_reaches_any_output_or_result_file() {
 
 #[test]
 fn a_rotated_token_keeps_every_settings_hash() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    std::fs::write(tmp.path().join("s.toml"), EXPERIMENT).expect("write experiment");
+    let (_tmp, dir) = experiment_dir("s.toml", EXPERIMENT);
     let hashes = |token: &str| {
-        let out = runner(tmp.path(), &["plan", "s.toml", "--json"], token);
+        let out = runner(&dir, &["plan", "s.toml", "--json"], token);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
         v["servers"]
@@ -147,13 +144,12 @@ fn a_rotated_token_keeps_every_settings_hash() {
 
 #[test]
 fn a_secret_in_a_bad_value_is_hidden_in_the_error() {
-    let tmp = tempfile::tempdir().expect("temp dir");
     let body = EXPERIMENT.replace(
             "[engines.sim-sh]\n",
             "[engines.remote]\nurl = \"ftp://user:${RUNNER_TEST_SECRET_TOKEN}@host\"\n\n[engines.sim-sh]\n",
         );
-    std::fs::write(tmp.path().join("s.toml"), &body).expect("write experiment");
-    let out = runner(tmp.path(), &["plan", "s.toml"], TOKEN);
+    let (_tmp, dir) = experiment_dir("s.toml", &body);
+    let out = runner(&dir, &["plan", "s.toml"], TOKEN);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is not an http:// URL"), "{stderr}");

@@ -10,12 +10,12 @@
 //! as `scripts/test.sh` and CI do), a missing cluster fails it with how to start one. The tests share
 //! the cluster's two GPUs, so they take turns.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::common::{json, run_in, runner_cmd, text};
+use crate::common::{cells_in_csv, experiment_dir, json, run_in, runner_cmd, text};
 use crate::executor::{four_servers, most_at_once, server_records};
 
 /// How long a test waits for the cluster to get a job going: generous, since CI machines are slow and
@@ -52,13 +52,6 @@ fn require_nodes(partition: &[&str], script: &str) -> std::sync::MutexGuard<'sta
         states.trim()
     );
     CLUSTER.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn setup(body: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let path = tmp.path().to_path_buf();
-    std::fs::write(path.join("four.toml"), body).expect("write experiment");
-    (tmp, path)
 }
 
 fn slurm_experiment(slow: bool) -> String {
@@ -237,21 +230,16 @@ impl Drop for Coordinator {
     }
 }
 
-fn cell_results(results: &Path) -> usize {
-    let text = std::fs::read_to_string(results.join("cells.csv")).unwrap_or_default();
-    text.lines().count().saturating_sub(1)
-}
-
 #[test]
 #[ignore = "needs a Slurm cluster; scripts/test.sh starts one"]
 fn slurm_runs_two_jobs_at_once_on_distinct_gpus_and_a_rerun_submits_nothing() {
     let _cluster = require_slurm();
-    let (_tmp, dir) = setup(&slurm_experiment(false));
+    let (_tmp, dir) = experiment_dir("four.toml", &slurm_experiment(false));
     let out = run_in(&dir, &["four.toml"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let results = dir.join("results/four");
-    assert_eq!(cell_results(&results), 8, "every cell measured:\n{stderr}");
+    assert_eq!(cells_in_csv(&results), 8, "every cell measured:\n{stderr}");
     assert!(results.join("report/summary.zh.md").is_file());
     let records = server_records(&results);
     assert_eq!(records.len(), 4);
@@ -283,7 +271,7 @@ fn slurm_runs_two_jobs_at_once_on_distinct_gpus_and_a_rerun_submits_nothing() {
 #[ignore = "needs a Slurm cluster; scripts/test.sh starts one"]
 fn a_cancelled_job_is_recorded_failed_and_the_rerun_resubmits_only_its_cells() {
     let _cluster = require_slurm();
-    let (_tmp, dir) = setup(&slurm_experiment(true));
+    let (_tmp, dir) = experiment_dir("four.toml", &slurm_experiment(true));
     let results = dir.join("results/four");
     let mut coordinator = Coordinator::spawn(&dir);
     // The first job whose unit runs its server (Slurm decides which starts first).
@@ -329,7 +317,7 @@ fn a_cancelled_job_is_recorded_failed_and_the_rerun_resubmits_only_its_cells() {
         reason.contains(&format!("Slurm job {victim}")) && reason.contains("CANCELLED"),
         "{failure}"
     );
-    assert_eq!(cell_results(&results), 6, "the others finished:\n{stderr}");
+    assert_eq!(cells_in_csv(&results), 6, "the others finished:\n{stderr}");
 
     let before = job_ids(&results);
     let out = run_in(&dir, &["four.toml"]);
@@ -343,14 +331,14 @@ fn a_cancelled_job_is_recorded_failed_and_the_rerun_resubmits_only_its_cells() {
         .map(|(a, _)| &a.0)
         .collect();
     assert_eq!(changed, [first], "only the cancelled one resubmitted");
-    assert_eq!(cell_results(&results), 8);
+    assert_eq!(cells_in_csv(&results), 8);
 }
 
 #[test]
 #[ignore = "needs a Slurm cluster; scripts/test.sh starts one"]
 fn ctrl_c_on_the_coordinator_cancels_its_jobs_and_leaves_none_queued() {
     let _cluster = require_slurm();
-    let (_tmp, dir) = setup(&slurm_experiment(true));
+    let (_tmp, dir) = experiment_dir("four.toml", &slurm_experiment(true));
     let results = dir.join("results/four");
     let mut coordinator = Coordinator::spawn(&dir);
     wait_for("four submitted jobs", WAIT, &coordinator, &results, || {
@@ -373,7 +361,7 @@ fn ctrl_c_on_the_coordinator_cancels_its_jobs_and_leaves_none_queued() {
 #[ignore = "needs a Slurm cluster; scripts/test.sh starts one"]
 fn detach_submits_and_returns_then_status_and_a_second_coordinator_follow_the_same_jobs() {
     let _cluster = require_slurm();
-    let (_tmp, dir) = setup(&slurm_experiment(false));
+    let (_tmp, dir) = experiment_dir("four.toml", &slurm_experiment(false));
     let results = dir.join("results/four");
     let t0 = Instant::now();
     let out = run_in(&dir, &["run", "four.toml", "--detach"]);
@@ -398,7 +386,7 @@ fn detach_submits_and_returns_then_status_and_a_second_coordinator_follow_the_sa
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("not submitting again"), "{stderr}");
     assert_eq!(job_ids(&results), jobs, "no job submitted twice");
-    assert_eq!(cell_results(&results), 8);
+    assert_eq!(cells_in_csv(&results), 8);
     let out = run_in(&dir, &["status", "four.toml"]);
     assert!(
         text(&out.stdout).contains("8 done"),
@@ -413,7 +401,7 @@ fn a_job_slurm_refuses_fails_its_cells_with_slurms_words() {
     let _cluster = require_slurm();
     let body = slurm_experiment(false)
         .replace("time_limit = \"10m\"", "partition = \"no-such-partition\"");
-    let (_tmp, dir) = setup(&body);
+    let (_tmp, dir) = experiment_dir("four.toml", &body);
     let out = run_in(&dir, &["four.toml"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -433,12 +421,12 @@ fn results_from_two_hosts_merge_into_one_report() {
         "time_limit = \"10m\"",
         "time_limit = \"10m\"\npartition = \"twohosts\"",
     );
-    let (_tmp, dir) = setup(&body);
+    let (_tmp, dir) = experiment_dir("four.toml", &body);
     let out = run_in(&dir, &["four.toml"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let results = dir.join("results/four");
-    assert_eq!(cell_results(&results), 8);
+    assert_eq!(cells_in_csv(&results), 8);
     let nodes: std::collections::BTreeSet<String> = server_records(&results)
         .iter()
         .filter_map(|r| r["node"].as_str().map(str::to_string))

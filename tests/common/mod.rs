@@ -23,6 +23,21 @@ pub fn run_in(dir: &Path, args: &[&str]) -> Output {
     runner_cmd(dir, args).output().expect("runner starts")
 }
 
+/// A temporary directory holding the experiment file `name` with `body`, and the directory's path (the
+/// directory goes when the `TempDir` drops).
+pub fn experiment_dir(name: &str, body: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let path = tmp.path().to_path_buf();
+    std::fs::write(path.join(name), body).expect("write experiment");
+    (tmp, path)
+}
+
+/// How many cells `results/cells.csv` lists: its lines less the header, 0 when there is no file.
+pub fn cells_in_csv(results: &Path) -> usize {
+    let text = std::fs::read_to_string(results.join("cells.csv")).unwrap_or_default();
+    text.lines().count().saturating_sub(1)
+}
+
 /// The repository root (for experiments/ and templates/).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
