@@ -9,7 +9,7 @@ use runner::plan::{self, CellPlan, Plan, ServerPlan};
 use runner::report;
 use runner::store::{CellFailure, CellResult, Store};
 
-use crate::common::{json, run_in};
+use crate::common::{csv_rows, json, run_in};
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report")
@@ -986,22 +986,6 @@ fn results_of_the_first_schema_still_load_and_render_their_numbers() {
     );
 }
 
-/// The named columns of `cells.csv`, one map per row.
-fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    reader
-        .records()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.unwrap().iter().map(String::from))
-                .collect()
-        })
-        .collect()
-}
-
 /// Figures that need the server's token counts: unmeasured against a server that sends no `usage`.
 const NEEDS_USAGE_COLUMNS: &[&str] = &[
     "Prompt TPS (token/s)",
@@ -1538,14 +1522,11 @@ fn cost_and_energy_per_token_from_stored_telemetry_and_prices() {
     assert!(md.contains("KV cache 已满"));
 
     // cells.csv: the figures at full precision, empty where unmeasured.
-    let mut reader = csv::Reader::from_path(campaign.store.root.join("cells.csv")).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    let find = |id: &str| rows.iter().find(|r| &r[col("id")] == id).unwrap();
+    let rows = csv_rows(&campaign.store.root.join("cells.csv"));
+    let find = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap();
     let r40 = find(c40);
     let close = |field: &str, want: f64| {
-        let got: f64 = r40[col(field)].parse().unwrap();
+        let got: f64 = r40[field].parse().unwrap();
         assert!(
             (got - want).abs() < 1e-9 * want.max(1.0),
             "{field}: {got} vs {want}"
@@ -1557,13 +1538,13 @@ fn cost_and_energy_per_token_from_stored_telemetry_and_prices() {
         "electricity_cost_per_1m_output_tokens",
         0.2 * 500.0 / 1300.0 / 3.6,
     );
-    assert_eq!(&r40[col("currency")], "USD");
-    assert_eq!(&r40[col("gpu_telemetry_source")], "NVML");
+    assert_eq!(r40["currency"], "USD");
+    assert_eq!(r40["gpu_telemetry_source"], "NVML");
     let r10 = find("qwen3-14b/fp8/vllm/c10");
-    assert_eq!(&r10[col("energy_j")], "");
-    assert_eq!(&r10[col("gpus")], "");
+    assert_eq!(r10["energy_j"], "");
+    assert_eq!(r10["gpus"], "");
     assert_eq!(
-        &find("qwen3-14b/nvfp4/vllm/c200")[col("server_peak_waiting")],
+        find("qwen3-14b/nvfp4/vllm/c200")["server_peak_waiting"],
         "143"
     );
 }
@@ -1697,23 +1678,14 @@ fn repeated_cells_show_intervals_and_ratios_say_where_the_difference_is_not_sign
     assert!(record.contains(&format!("差异不显著：{}", overlapping.join("、"))));
 
     // cells.csv: the repeat count and the interval's ends, empty for a point measured once.
-    let mut reader = csv::Reader::from_path(campaign.store.root.join("cells.csv")).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    let by_id = |id: &str| rows.iter().find(|r| &r[col("id")] == id).unwrap();
-    assert_eq!(&by_id(fp8)[col("repeats")], "3");
-    assert_eq!(
-        by_id(fp8)[col("qps_ci95_lo")].parse::<f64>().unwrap(),
-        qps.lo
-    );
-    assert_eq!(
-        by_id(fp8)[col("qps_ci95_hi")].parse::<f64>().unwrap(),
-        qps.hi
-    );
+    let rows = csv_rows(&campaign.store.root.join("cells.csv"));
+    let by_id = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap();
+    assert_eq!(by_id(fp8)["repeats"], "3");
+    assert_eq!(by_id(fp8)["qps_ci95_lo"].parse::<f64>().unwrap(), qps.lo);
+    assert_eq!(by_id(fp8)["qps_ci95_hi"].parse::<f64>().unwrap(), qps.hi);
     let once = by_id("qwen3-14b/fp8/vllm/c1");
     assert_eq!(
-        (&once[col("repeats")], &once[col("qps_ci95_lo")]),
+        (once["repeats"].as_str(), once["qps_ci95_lo"].as_str()),
         ("1", "")
     );
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{json, runner_cmd, text};
+use crate::common::{csv_rows, json, runner_cmd, text};
 
 /// One model at one concurrency on the simulated engine, whose KV cache holds two sequences at a time
 /// (64 + 32 tokens = 6 blocks of 16; 224 tokens = 14 blocks), so half of the four streams wait.
@@ -126,13 +126,8 @@ fn energy_per_token_and_cost_from_a_streaming_nvidia_smi() {
     assert!(timeline.contains("\"kv_usage\""), "{timeline}");
 
     // cells.csv: per token and per million, as worked out by hand.
-    let mut reader = csv::Reader::from_path(results.join("cells.csv")).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    let row = reader.records().next().unwrap().unwrap();
-    let field = |name: &str| -> f64 {
-        let i = header.iter().position(|h| h == name).unwrap();
-        row[i].parse().unwrap()
-    };
+    let rows = csv_rows(&results.join("cells.csv"));
+    let field = |name: &str| -> f64 { rows[0][name].parse().unwrap() };
     let output_tokens = out_tps * duration;
     close(
         field("j_per_output_token"),
@@ -202,17 +197,14 @@ fn without_gpu_telemetry_every_gpu_figure_is_absent() {
     );
     assert!(!cell.join("gpu.jsonl").exists());
 
-    let mut reader = csv::Reader::from_path(results.join("cells.csv")).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    let row = reader.records().next().unwrap().unwrap();
+    let row = &csv_rows(&results.join("cells.csv"))[0];
     for name in [
         "energy_j",
         "gpu_power_mean_w",
         "j_per_output_token",
         "cost_per_1m_output_tokens",
     ] {
-        let i = header.iter().position(|h| h == name).unwrap();
-        assert_eq!(&row[i], "", "{name} is unmeasured, not 0");
+        assert_eq!(row[name], "", "{name} is unmeasured, not 0");
     }
     let md = std::fs::read_to_string(results.join("report/summary.zh.md")).unwrap();
     assert!(md.contains("无 GPU 遥测（GPU 遥测已按设置关闭）"), "{md}");

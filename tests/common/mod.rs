@@ -38,6 +38,23 @@ pub fn cells_in_csv(results: &Path) -> usize {
     text.lines().count().saturating_sub(1)
 }
 
+/// The rows of the CSV file at `path` (`cells.csv`), each a map from column name to field: indexing a
+/// row by a column the file lacks fails the test.
+pub fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    reader
+        .records()
+        .map(|r| {
+            header
+                .iter()
+                .cloned()
+                .zip(r.unwrap().iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
 /// The repository root (for experiments/ and templates/).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
