@@ -25,7 +25,7 @@ fn fast() -> SimConfig {
     }
 }
 
-fn spec(concurrency: u32, requests: u32, input: u32, output: u32) -> LoadSpec {
+pub(crate) fn spec(concurrency: u32, requests: u32, input: u32, output: u32) -> LoadSpec {
     LoadSpec {
         concurrency,
         requests,
@@ -51,7 +51,7 @@ fn spec(concurrency: u32, requests: u32, input: u32, output: u32) -> LoadSpec {
     }
 }
 
-fn target(sim: &SimHandle) -> Target {
+pub(crate) fn target(sim: &SimHandle) -> Target {
     Target {
         base_url: sim.url(),
         model: "sim".into(),

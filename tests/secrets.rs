@@ -6,8 +6,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use runner::engine::{CacheCounters, Preset};
-use runner::experiment::load::{Api, LoadSpec, PromptMode, Slo, Vocab};
+use runner::experiment::load::{LoadSpec, Vocab};
 use runner::load::{LoadClient, Progress, Target, run_point};
 use runner::secret::ApiKey;
 use runner::sim::{SimConfig, SimHandle};
@@ -156,28 +155,15 @@ fn a_secret_in_a_bad_value_is_hidden_in_the_error() {
     assert_no_secret("the error", &stderr);
 }
 
+/// The load tests' point (crate::load::spec), without a warm-up and with a smaller vocabulary.
 fn spec() -> LoadSpec {
     LoadSpec {
-        concurrency: 2,
-        requests: 4,
         warmup: 0,
-        max_inflight: None,
-        request_rate: None,
-        prompt: PromptMode::Unique,
-        input_tokens: 16,
-        output_tokens: 4,
-        timeout: std::time::Duration::from_secs(30),
-        seed: 1,
-        api: Api::Completions,
-        slo: Slo::default(),
         vocab: Vocab {
             tokenizer: None,
             id_range: [100, 1000],
         },
-        save_prompts: false,
-        connections: Default::default(),
-        repeats: 1,
-        repeat: 1,
+        ..crate::load::spec(2, 4, 16, 4)
     }
 }
 
@@ -199,12 +185,8 @@ async fn the_api_key_is_required_by_the_simulator_and_sent_by_the_client() {
 
     let client = LoadClient::new().expect("client");
     let target = |key: Option<&str>| Target {
-        base_url: sim.url(),
-        model: "sim".into(),
-        dialect: Preset::Sim.defaults().dialect,
-        metrics_url: Some(format!("{}/metrics", sim.url())),
-        cache_counters: CacheCounters::Vllm,
         api_key: key.map(ApiKey::new),
+        ..crate::load::target(&sim)
     };
     let progress = Progress::default();
     let cancel = CancellationToken::new();
