@@ -194,21 +194,13 @@ impl Coordinator {
                     .is_some_and(|n| n.to_string_lossy().starts_with(name))
             }) {
                 let body = std::fs::read_to_string(&file).unwrap_or_default();
-                let tail: Vec<&str> = body.lines().rev().take(15).collect();
                 out += &format!("--- {}\n", file.display());
-                for line in tail.iter().rev() {
-                    out += line;
-                    out += "\n";
-                }
+                out += &tail(&body, 15);
             }
         }
         if let Ok(log) = std::fs::read_to_string("/var/log/slurm/slurmctld.log") {
             out += "--- slurmctld.log (tail)\n";
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            for line in tail.iter().rev() {
-                out += line;
-                out += "\n";
-            }
+            out += &tail(&log, 30);
         }
         out
     }
@@ -228,6 +220,15 @@ impl Drop for Coordinator {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The last `n` lines of `text`, each ending in a newline.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 #[test]
