@@ -16,8 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,9 +107,7 @@ impl Smi {
 
     /// Used memory per GPU in MiB, in index order.
     pub fn memory_used(&self) -> Option<Vec<u64>> {
-        let text = self
-            .query(&["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
-            .ok()?;
+        let text = self.query_gpu(&["memory.used"]).ok()?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| l.trim().parse().ok())
@@ -241,11 +238,8 @@ impl SmiStream {
 
 impl Drop for SmiStream {
     fn drop(&mut self) {
-        // The child leads its own group (see `stream`); pid 0 or 1 would be ours or init's.
-        let pid = self.child.id() as i32;
-        if pid > 1 {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+        // The child leads its own group (see `stream`).
+        crate::tool::signal_group(self.child.id() as i32, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }

@@ -54,10 +54,6 @@ impl Secrets {
         }
     }
 
-    pub fn extend(&mut self, other: &Secrets) {
-        self.0.extend(other.0.iter().cloned());
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

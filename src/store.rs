@@ -81,7 +81,12 @@ impl Store {
     }
 
     pub fn cell_dir(&self, cell: &CellPlan) -> PathBuf {
-        self.root.join("cells").join(id_path(&cell.id))
+        self.cell_dir_of(&cell.id)
+    }
+
+    /// The directory of the cell (or repeat, see [`repeat_id`]) with this id.
+    pub fn cell_dir_of(&self, id: &str) -> PathBuf {
+        self.root.join("cells").join(id_path(id))
     }
 
     pub fn server_dir(&self, server: &ServerPlan) -> PathBuf {
@@ -359,7 +364,7 @@ pub struct JobRecord {
 impl Store {
     /// Opens the writer of a cell's `requests.jsonl`, for the load point to fill as its requests finish.
     pub fn requests_writer(&self, cell_id: &str) -> std::io::Result<RequestsWriter> {
-        let dir = self.root.join("cells").join(id_path(cell_id));
+        let dir = self.cell_dir_of(cell_id);
         RequestsWriter::create(
             dir.join(format!("{REQUESTS_FILE}.partial")),
             dir.join(REQUESTS_FILE),
@@ -371,11 +376,8 @@ impl Store {
     /// `"repeat": k`. Until it is committed the file lives beside the cell's own files, so that replacing
     /// the cell's older repeats (`--force`) cannot remove it.
     pub fn repeat_requests_writer(&self, cell_id: &str, k: u32) -> std::io::Result<RequestsWriter> {
-        let cell = self.root.join("cells").join(id_path(cell_id));
-        let dir = self
-            .root
-            .join("cells")
-            .join(id_path(&repeat_id(cell_id, k)));
+        let cell = self.cell_dir_of(cell_id);
+        let dir = self.cell_dir_of(&repeat_id(cell_id, k));
         RequestsWriter::create(
             cell.join(format!("{REQUESTS_FILE}.repeat-{k}.partial")),
             dir.join(REQUESTS_FILE),
@@ -387,25 +389,15 @@ impl Store {
     /// then `result.json`, whose presence is the commit point for resume. A stale `failure.json` is
     /// removed afterwards.
     pub fn write_cell(&self, cell: &CellResult, requests: RequestsWriter) -> std::io::Result<()> {
-        let dir = self.root.join("cells").join(id_path(&cell.id));
+        let dir = self.cell_dir_of(&cell.id);
         requests.commit()?;
         write_json(&dir.join(RESULT_FILE), cell)?;
-        match std::fs::remove_file(dir.join(FAILURE_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_file(&dir.join(FAILURE_FILE))
     }
 
     /// Stores the prompts a cell sent (`save_prompts`); call before [`Store::write_cell`], which commits.
     pub fn write_prompts<P: Serialize>(&self, cell_id: &str, prompts: &[P]) -> std::io::Result<()> {
-        write_jsonl(
-            &self
-                .root
-                .join("cells")
-                .join(id_path(cell_id))
-                .join(PROMPTS_FILE),
-            prompts,
-        )
+        write_jsonl(&self.cell_dir_of(cell_id).join(PROMPTS_FILE), prompts)
     }
 
     /// Stores the raw telemetry samples of a cell (`gpu.jsonl` where there were GPU samples,
@@ -416,7 +408,7 @@ impl Store {
         cell_id: &str,
         recorded: &crate::telemetry::Recorded,
     ) -> std::io::Result<()> {
-        let dir = self.root.join("cells").join(id_path(cell_id));
+        let dir = self.cell_dir_of(cell_id);
         if !recorded.gpu_samples.is_empty() {
             write_jsonl(&dir.join(GPU_FILE), &recorded.gpu_samples)?;
         }
@@ -429,7 +421,7 @@ impl Store {
     /// Records a failed cell. A previous successful result with other settings is left in place until
     /// the cell succeeds again; one with the same hash cannot exist (the cell would have been skipped).
     pub fn write_failure(&self, failure: &CellFailure) -> std::io::Result<()> {
-        let dir = self.root.join("cells").join(id_path(&failure.id));
+        let dir = self.cell_dir_of(&failure.id);
         write_json(&dir.join(FAILURE_FILE), failure)
     }
 
@@ -494,27 +486,21 @@ impl Store {
         node: &str,
         env: &crate::envinfo::Environment,
     ) -> std::io::Result<()> {
-        write_json(
-            &self
-                .root
-                .join("nodes")
-                .join(id_path(node))
-                .join(ENVIRONMENT_FILE),
-            env,
-        )
+        write_json(&self.node_environment_path(node), env)
     }
 
     pub fn read_node_environment(
         &self,
         node: &str,
     ) -> std::io::Result<Option<crate::envinfo::Environment>> {
-        read_json(
-            &self
-                .root
-                .join("nodes")
-                .join(id_path(node))
-                .join(ENVIRONMENT_FILE),
-        )
+        read_json(&self.node_environment_path(node))
+    }
+
+    fn node_environment_path(&self, node: &str) -> PathBuf {
+        self.root
+            .join("nodes")
+            .join(id_path(node))
+            .join(ENVIRONMENT_FILE)
     }
 
     /// Every stored cell result, in directory order (the report sorts as it needs). A `result.json`
@@ -704,11 +690,8 @@ impl Store {
         repeat: &RepeatResult,
         requests: RequestsWriter,
     ) -> std::io::Result<()> {
-        let cell = self.root.join("cells").join(id_path(cell_id));
-        let dir = self
-            .root
-            .join("cells")
-            .join(id_path(&repeat_id(cell_id, repeat.repeat)));
+        let cell = self.cell_dir_of(cell_id);
+        let dir = self.cell_dir_of(&repeat_id(cell_id, repeat.repeat));
         requests.commit()?;
         write_json(&dir.join(REPEAT_FILE), repeat)?;
         for file in [
@@ -725,11 +708,7 @@ impl Store {
 
     /// Repeat `k` of a cell as stored; `None` when it is missing or unreadable (it is measured again).
     pub fn read_repeat(&self, cell_id: &str, k: u32) -> Option<RepeatResult> {
-        let path = self
-            .root
-            .join("cells")
-            .join(id_path(&repeat_id(cell_id, k)))
-            .join(REPEAT_FILE);
+        let path = self.cell_dir_of(&repeat_id(cell_id, k)).join(REPEAT_FILE);
         read_json(&path).ok().flatten()
     }
 
@@ -737,7 +716,7 @@ impl Store {
     /// every repeat's summary), then removes a stale `failure.json` and stored repeats beyond the cell's
     /// count.
     pub fn write_repeated_cell(&self, cell: &CellResult) -> std::io::Result<()> {
-        let dir = self.root.join("cells").join(id_path(&cell.id));
+        let dir = self.cell_dir_of(&cell.id);
         write_json(&dir.join(RESULT_FILE), cell)?;
         remove_file(&dir.join(FAILURE_FILE))?;
         self.prune_repeats(
@@ -748,11 +727,7 @@ impl Store {
 
     /// Removes a cell's stored repeats numbered above `keep` (all of them with 0).
     pub fn prune_repeats(&self, cell_id: &str, keep: u32) -> std::io::Result<()> {
-        let dir = self
-            .root
-            .join("cells")
-            .join(id_path(cell_id))
-            .join(REPEATS_DIR);
+        let dir = self.cell_dir_of(cell_id).join(REPEATS_DIR);
         let entries = match std::fs::read_dir(&dir) {
             Ok(_) if keep == 0 => return std::fs::remove_dir_all(&dir),
             Ok(entries) => entries,

@@ -111,9 +111,9 @@ impl Tool<'_> {
         let output = match handle.wait_timeout(self.timeout) {
             Ok(Some(out)) => out.clone(),
             Ok(None) => {
-                // The tool leads its own group (see `before_spawn`); pid 0 or 1 would be ours or init's.
-                if let Some(&pid) = handle.pids().first().filter(|&&p| p > 1) {
-                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                // The tool leads its own group (see `before_spawn`).
+                if let Some(&pid) = handle.pids().first() {
+                    signal_group(pid as i32, Signal::SIGKILL);
                 }
                 // Reap, now that nothing can hold the pipe open any more.
                 let _ = handle.wait();
@@ -167,6 +167,15 @@ pub fn run_shell(script: &str, timeout: Duration) -> Result<ToolOutput, ToolErro
         merge_stderr: true,
     }
     .run()
+}
+
+/// Sends `signal` to every process of the group. Returns false when the group no longer exists.
+pub fn signal_group(pgid: i32, signal: Signal) -> bool {
+    // pgid 0 or 1 would mean our own group or init's: never ours to signal.
+    if pgid <= 1 {
+        return false;
+    }
+    killpg(Pid::from_raw(pgid), signal).is_ok()
 }
 
 #[cfg(test)]

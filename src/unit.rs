@@ -30,7 +30,6 @@ use std::future::Future;
 
 use crate::experiment::{Engine, Experiment, Launch};
 use crate::load::{self, LoadClient, LoadError, Target};
-use crate::plan::print::{command_line, redacted_env};
 use crate::plan::{CellPlan, Rendered, ServerPlan};
 use crate::progress::UnitProgress;
 use crate::server::{self, KillHandle, PortAllocator, ServerSpec, SmokeRequest, Teardown};
@@ -339,7 +338,7 @@ async fn run_server(
         cache_counters: engine.defaults.cache_counters,
         api_key: engine.api_key.clone(),
     };
-    let command = command_line(&rendered);
+    let command = rendered.command_line();
     // Telemetry: the server's GPUs (its CUDA_VISIBLE_DEVICES, else every GPU of this host) and metrics.
     let watched = telemetry::Subject {
         gpus: telemetry::GpuSet::for_server(&rendered.env, &rendered.base_url),
@@ -686,8 +685,8 @@ async fn start_server(
                         .env
                         .insert(telemetry::gpuset::CUDA_VISIBLE_DEVICES.into(), gpus.clone());
                 }
-                record.command = command_line(&rendered);
-                record.env = redacted_env(&rendered);
+                record.command = rendered.command_line();
+                record.env = rendered.shown_env();
                 record.base_url = rendered.shown_url();
                 record.port = Some(port);
                 let env: Vec<(String, String)> = rendered

@@ -213,29 +213,14 @@ pub fn resolve(
         |key: &str, bad: &mut dyn FnMut(&Layered, String, Option<String>)| -> Option<Duration> {
             let l = layers.get(key)?;
             match &l.value {
-                Scalar::Str(s) => match humantime::parse_duration(s) {
-                    Ok(d) if !d.is_zero() && d <= MAX_DURATION => Some(d),
+                Scalar::Str(s) => match parse_duration(s) {
                     Ok(d) if d.is_zero() => {
                         bad(l, "must be longer than zero".into(), None);
                         None
                     }
-                    Ok(_) => {
-                        bad(
-                            l,
-                            format!("`{s}` is longer than a week"),
-                            Some(format!(
-                                "write at most \"{}\"",
-                                humantime::format_duration(MAX_DURATION)
-                            )),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        bad(
-                            l,
-                            format!("`{s}` is not a duration ({e})"),
-                            Some(DURATION_HELP.into()),
-                        );
+                    Ok(d) => Some(d),
+                    Err((message, help)) => {
+                        bad(l, message, help);
                         None
                     }
                 },
@@ -466,6 +451,24 @@ pub fn resolve(
 }
 
 pub const DURATION_HELP: &str = "write a duration such as \"90s\", \"30m\" or \"1h 30m\"";
+
+/// `text` as a duration of at most [`MAX_DURATION`], or what is wrong with it and the help to show.
+pub fn parse_duration(text: &str) -> Result<Duration, (String, Option<String>)> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err((
+            format!("`{text}` is longer than a week"),
+            Some(format!(
+                "write at most \"{}\"",
+                humantime::format_duration(MAX_DURATION)
+            )),
+        )),
+        Err(e) => Err((
+            format!("`{text}` is not a duration ({e})"),
+            Some(DURATION_HELP.into()),
+        )),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,7 @@ use indexmap::IndexMap;
 pub use cost::Cost;
 pub use diag::{Diagnostic, Diagnostics};
 use diag::{Locator, did_you_mean};
-use load::{DURATION_HELP, LOAD_KEYS, Layered, MAX_DURATION, Vocab};
+use load::{LOAD_KEYS, Layered, Vocab};
 use raw::*;
 pub use scalar::Scalar;
 
@@ -340,28 +340,10 @@ impl Validator<'_> {
 
     fn duration(&mut self, path: &[&str], value: Option<&String>, default: Duration) -> Duration {
         let Some(text) = value else { return default };
-        match humantime::parse_duration(text) {
-            Ok(d) if d <= MAX_DURATION => d,
-            Ok(_) => {
-                self.error(
-                    path,
-                    format!("`{text}` is longer than a week"),
-                    Some(format!(
-                        "write at most \"{}\"",
-                        humantime::format_duration(MAX_DURATION)
-                    )),
-                );
-                default
-            }
-            Err(e) => {
-                self.error(
-                    path,
-                    format!("`{text}` is not a duration ({e})"),
-                    Some(DURATION_HELP.into()),
-                );
-                default
-            }
-        }
+        load::parse_duration(text).unwrap_or_else(|(message, help)| {
+            self.error(path, message, help);
+            default
+        })
     }
 
     /// Replaces `${VAR}` with the environment variable VAR; an unset variable is an error. The value of a

@@ -21,7 +21,7 @@ use super::prompt::PromptSource;
 use super::prompt_salt;
 use crate::sim::{TimingRecord, read_log};
 use crate::stats::{Dist, RequestRecord};
-use crate::store::{REQUESTS_FILE, Store, id_path};
+use crate::store::{REQUESTS_FILE, Store};
 
 /// Knobs of the client benchmark; the defaults are the setting.
 #[derive(Debug, Args, Clone)]
@@ -187,13 +187,7 @@ fn level(args: &BenchArgs, concurrency: u32, dir: &Path) -> anyhow::Result<Row> 
     let [cell] = &cells.cells[..] else {
         bail!("expected one stored cell, found {}", cells.cells.len());
     };
-    let records = read_records(
-        &store
-            .root
-            .join("cells")
-            .join(id_path(&cell.id))
-            .join(REQUESTS_FILE),
-    )?;
+    let records = read_records(&store.cell_dir_of(&cell.id).join(REQUESTS_FILE))?;
     let timing = read_log(&log)?;
     let firsts = first_prompt_tokens(&file, &records)?;
     Ok(row(

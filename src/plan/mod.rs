@@ -1051,12 +1051,12 @@ fn render(
     }
 }
 
-/// First 12 hex digits of SHA-256 over the canonical JSON of the settings.
 /// The settings hash of a load point: its server's hash and every resolved load setting.
 fn cell_hash(server_hash: &str, load: &LoadSpec) -> String {
     short_hash(&serde_json::json!({ "server": server_hash, "load": load }))
 }
 
+/// First 12 hex digits of SHA-256 over the canonical JSON of the settings.
 fn short_hash(value: &serde_json::Value) -> String {
     let digest = Sha256::digest(serde_json::to_vec(value).unwrap_or_default());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()

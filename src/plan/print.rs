@@ -7,21 +7,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use super::Plan;
 use super::{CellPlan, CellStatus};
-use super::{Plan, Rendered};
 use crate::experiment::Experiment;
 use crate::experiment::load::PromptMode;
-
-/// The environment with secrets hidden (see [`Rendered::shown_env`]).
-pub fn redacted_env(r: &Rendered) -> Vec<(String, String)> {
-    r.shown_env()
-}
-
-/// The command as one line a person could paste into a shell, secrets hidden (see
-/// [`Rendered::command_line`]).
-pub fn command_line(r: &Rendered) -> String {
-    r.command_line()
-}
 
 /// Where a server configuration will run, in words (the executor decides at run time; this is what
 /// the file asks for).

@@ -738,7 +738,7 @@ fn missing_row(server: &ServerPlan, cell: &CellPlan, missing: &Missing) -> Row {
     remark.extend(load_remarks(cell, None));
     remark.push(format!(
         "server：`{}`",
-        crate::plan::print::command_line(&server.display).replace('`', "'")
+        server.display.command_line().replace('`', "'")
     ));
     let none = || NONE.to_string();
     Row {

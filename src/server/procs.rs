@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 /// The fields of `/proc/PID/stat` we need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,14 +61,7 @@ pub fn group_members(pgid: i32) -> Vec<u32> {
     pids
 }
 
-/// Sends `signal` to every process of the group. Returns false when the group no longer exists.
-pub fn signal_group(pgid: i32, signal: Signal) -> bool {
-    // pgid 0 or 1 would mean our own group or init's: never ours to signal.
-    if pgid <= 1 {
-        return false;
-    }
-    killpg(Pid::from_raw(pgid), signal).is_ok()
-}
+pub use crate::tool::signal_group;
 
 /// [`group_members`] on the blocking pool: a scan reads every process's `/proc/PID/stat`, which on a busy
 /// host takes long enough to stall the async runtime that reads the load's streams.
