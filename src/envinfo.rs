@@ -161,11 +161,7 @@ fn run_tool(program: &Path, args: &[&str], probe: &Probe) -> Result<String, Stri
 fn query_gpus(probe: &Probe) -> Result<Vec<Gpu>, String> {
     let smi = Smi::find(probe.path.as_deref())
         .ok_or_else(|| "nvidia-smi not found (no NVIDIA GPU driver on this host)".to_string())?;
-    match probe.timeout {
-        Some(t) => smi.timeout(t),
-        None => smi,
-    }
-    .gpus()
+    smi.timeout(probe.timeout.unwrap_or(DEFAULT_TIMEOUT)).gpus()
 }
 
 /// The commit of the repository holding the experiment file, and whether the file has local changes.
