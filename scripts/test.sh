@@ -12,4 +12,12 @@ scripts/slurm-up.sh
 scripts/slurm-two-hosts.sh
 # shellcheck disable=SC1091
 source "${RUNNER_ENGINES_DIR:-$HOME/.cache/runner-engines}/env.sh"
-cargo test "$@" -- --include-ignored
+# Arguments after a `--` are the test harness's, and `--include-ignored` goes first among them: appended
+# after them, behind a second `--`, the harness would take it for a test name filter and run nothing.
+cargo_args=()
+while [ $# -gt 0 ] && [ "$1" != -- ]; do
+  cargo_args+=("$1")
+  shift
+done
+if [ $# -gt 0 ]; then shift; fi
+cargo test "${cargo_args[@]}" -- --include-ignored "$@"
