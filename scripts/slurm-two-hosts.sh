@@ -3,8 +3,7 @@
 # two nodes and merge into one report: nodes `nodea` and `nodeb`, each a slurmd in a network namespace
 # of its own (a veth pair to this host, 10.231.1.2 and 10.231.2.2) and a UTS namespace with its own host
 # name, with one fake GPU each (/dev/fakegpu2, /dev/fakegpu3), in the partition `twohosts`. They share
-# this machine's filesystem, as cluster nodes share one. Idempotent; run as root. It runs slurm-up.sh itself,
-# once the two nodes are in the configuration slurm-up.sh includes.
+# this machine's filesystem, as cluster nodes share one. Idempotent; run as root after slurm-up.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

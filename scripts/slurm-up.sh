@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# A real one-node Slurm cluster on this machine, for the Slurm executor's tests (scripts/test.sh runs it,
-# through scripts/slurm-two-hosts.sh, before `cargo test`). Idempotent and quick when the cluster is
-# already up.
+# A real one-node Slurm cluster on this machine, for the Slurm executor's tests (scripts/test.sh calls it
+# before `cargo test`). Idempotent and quick when the cluster is already up.
 #
 # - Debian's slurm-wlm and munge, installed when missing (as root, no systemd needed).
 # - One node (this host) with its real CPU count and memory (from `slurmd -C`), accounting off,

@@ -1,6 +1,5 @@
 //! The Slurm executor on a real cluster: `scripts/slurm-up.sh` starts a one-node Slurm (Debian's
-//! slurm-wlm) with two fake GPUs; `scripts/test.sh` starts it before the tests, through
-//! `scripts/slurm-two-hosts.sh` (which runs it, then adds the two nodes of the last test). Four server
+//! slurm-wlm) with two fake GPUs, and `scripts/test.sh` calls it before the tests. Four server
 //! configurations of the simulated engine, one `--gres=gpu:1` job each: every cell is measured, two run
 //! at once and never more, on distinct `CUDA_VISIBLE_DEVICES`; a rerun submits nothing; a job cancelled
 //! with `scancel` is recorded as failed and the rerun resubmits only it; Ctrl-C on the coordinator
