@@ -2,9 +2,11 @@
 # The project's test command (the README's, and what .ci/run runs): makes sure the CPU engines and the tiny
 # model are installed in the cache outside the clone (the first time takes a while; afterwards seconds),
 # starts the Slurm test cluster (scripts/slurm-up.sh, then two more nodes in network namespaces with
-# scripts/slurm-two-hosts.sh; quick when they are up), then runs every test, the real-engine and Slurm
-# tiers included: they are `#[ignore]`d so that a plain `cargo test` reports them as not run, and
-# `--include-ignored` runs them here. Arguments go to `cargo test` (e.g. a test name filter).
+# scripts/slurm-two-hosts.sh, which runs slurm-up.sh again to include them; slurm-up.sh comes first
+# because it installs Slurm, whose /etc/slurm the second script writes into; quick when they are up),
+# then runs every test, the real-engine and Slurm tiers included: they are `#[ignore]`d so that a plain
+# `cargo test` reports them as not run, and `--include-ignored` runs them here. Arguments go to
+# `cargo test` (e.g. a test name filter; the test harness's own after a `--`, as with `cargo test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-engines.sh
